@@ -1,0 +1,116 @@
+"""The embedding settings: one frozen, typed config with a stable fingerprint.
+
+Everything that changes the numbers in an embedding lives here; everything that only changes
+how fast they are computed (batch size, device, workers) does not, so it is not in the
+fingerprint and an index can be searched from another machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from indexer.errors import ConfigError
+
+Dtype = Literal["float32", "bfloat16"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+# Names of the feature sources a config can pool. "latent" is the encoded image itself (no
+# U-Net); the rest are U-Net blocks, indexed from the input side.
+LATENT = "latent"
+BLOCK_PREFIXES = ("down.", "mid", "up.")
+
+DEFAULT_MODEL = "default"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """How an image becomes a vector. Saved beside every index; a mismatch on open is an error."""
+
+    model: str = DEFAULT_MODEL
+    # Side of the square the image is resized and centre-cropped to (pixels). Must be a
+    # multiple of the model's total downscale (8 for TAEF2 times 4 for the default U-Net).
+    image_size: int = 128
+    # Diffusion timestep the U-Net features are read at (0 <= t < num_train_timesteps).
+    # Small t keeps the image; large t asks the U-Net to imagine more.
+    timestep: int = 100
+    # DDIM inversion steps from x0 to `timestep` (0: feed the clean latent at `timestep`).
+    inversion_steps: int = 1
+    # Feature sources, see LATENT and BLOCK_PREFIXES ("latent", "down.1", "mid", "up.0", ...).
+    blocks: tuple[str, ...] = ("latent", "mid", "up.0")
+    # Spatial grid pooled per source (g x g average cells), plus global mean when `gap`.
+    grid: int = 2
+    gap: bool = True
+    # Apply the model's bundled PCA-whitening projection (if it ships one for this config).
+    projection: bool = True
+    dtype: Dtype = "bfloat16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % 8:
+            raise ConfigError(f"image_size must be a positive multiple of 8, got {self.image_size}")
+        if self.timestep < 0:
+            raise ConfigError(f"timestep must be >= 0, got {self.timestep}")
+        if self.inversion_steps < 0:
+            raise ConfigError(f"inversion_steps must be >= 0, got {self.inversion_steps}")
+        if self.inversion_steps and self.timestep % self.inversion_steps:
+            raise ConfigError(
+                f"timestep ({self.timestep}) must be a multiple of inversion_steps ({self.inversion_steps})"
+            )
+        if not self.blocks:
+            raise ConfigError("blocks must name at least one feature source")
+        for name in self.blocks:
+            if name != LATENT and not name.startswith(BLOCK_PREFIXES):
+                raise ConfigError(f"unknown block {name!r}: use 'latent', 'mid', 'down.N' or 'up.N'")
+        if self.grid < 0 or (self.grid == 0 and not self.gap):
+            raise ConfigError(f"grid must be >= 0 and grid=0 needs gap=True, got grid={self.grid}, gap={self.gap}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def uses_unet(self) -> bool:
+        return any(name != LATENT for name in self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["blocks"] = list(self.blocks)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown embedding settings: {sorted(unknown)}")
+        values = dict(data)
+        if "blocks" in values:
+            values["blocks"] = tuple(values["blocks"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> EmbeddingConfig:
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self, model_fingerprint: str = "") -> str:
+        """A short stable hash of every setting (and the model's own fingerprint when given)."""
+        payload = json.dumps({"config": self.to_dict(), "model": model_fingerprint}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How fast an embedding is computed; never changes the vectors beyond float noise."""
+
+    device: Device = "auto"
+    batch_size: int = 32
+    workers: int = 2
+    allow_download: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")

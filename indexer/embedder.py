@@ -1,0 +1,153 @@
+"""Images -> L2-normalised float32 vectors: encode, DDIM-invert to t, one U-Net pass, pool, project."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from indexer.config import LATENT, EmbeddingConfig, RuntimeOptions
+from indexer.errors import ConfigError
+from indexer.features import capture, pool
+from indexer.images import ImageInput, prepare
+from indexer.inversion import invert
+from indexer.model import DiffusionModel, load_model
+from indexer.projection import Projection
+
+log = logging.getLogger(__name__)
+
+Embedding = npt.NDArray[np.float32]
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+class Embedder:
+    """Embeds images exactly as `config` says; the same image always gives the same vector."""
+
+    def __init__(
+        self,
+        config: EmbeddingConfig | None = None,
+        options: RuntimeOptions | None = None,
+        model: DiffusionModel | None = None,
+    ) -> None:
+        self.config = config or EmbeddingConfig()
+        self.options = options or RuntimeOptions()
+        self.device = pick_device(self.options.device)
+        self.model = (model or load_model(self.config.model, self.options.allow_download)).to(self.device)
+        self._check_config()
+        self.projection = self._find_projection()
+        self.stage_seconds: dict[str, float] = defaultdict(float)
+
+    def _check_config(self) -> None:
+        multiple = self.model.min_image_multiple if self.config.uses_unet else self.model.downscale
+        if self.config.image_size % multiple:
+            raise ConfigError(
+                f"image_size must be a multiple of {multiple} for model {self.model.name!r}, got {self.config.image_size}"
+            )
+        if self.config.uses_unet and self.config.timestep >= self.model.num_train_timesteps:
+            raise ConfigError(
+                f"timestep must be < {self.model.num_train_timesteps} for this model, got {self.config.timestep}"
+            )
+
+    def _find_projection(self) -> Projection | None:
+        if not self.config.projection:
+            return None
+        key = self.config.replace(projection=False).fingerprint(self.model.fingerprint)
+        found = self.model.projections.get(key)
+        if found is None:
+            log.info("model %r ships no projection for this config (%s); using raw features", self.model.name, key)
+        return found
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the vectors: config + model weights + the projection actually used."""
+        extra = self.projection.key if self.projection is not None else "none"
+        return self.config.fingerprint(f"{self.model.fingerprint}/{extra}")
+
+    @property
+    def dim(self) -> int:
+        if self.projection is not None:
+            return self.projection.dim
+        return int(self.embed_pixels(torch.zeros(1, 3, self.config.image_size, self.config.image_size)).shape[1])
+
+    def _autocast(self):  # noqa: ANN202 - a context manager
+        if self.config.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def prepare(self, image: ImageInput) -> torch.Tensor:
+        """Decode, EXIF-transpose and crop one image to (3, S, S); raises InvalidImageError."""
+        return prepare(image, self.config.image_size)
+
+    def embed(self, images: Sequence[ImageInput]) -> Embedding:
+        """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""
+        started = time.perf_counter()
+        pixels = [self.prepare(image) for image in images]
+        self.stage_seconds["decode"] += time.perf_counter() - started
+        if not pixels:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_pixels(torch.stack(pixels))
+
+    @torch.no_grad()
+    def embed_pixels(self, pixels: torch.Tensor) -> Embedding:
+        """(B, 3, S, S) in [0, 1] -> (B, d). Processes in runtime batches; results do not depend on them."""
+        out = []
+        for start in range(0, pixels.shape[0], self.options.batch_size):
+            chunk = pixels[start : start + self.options.batch_size].to(self.device)
+            if chunk.shape[0] == 1:
+                # oneDNN takes another bf16 kernel path for a batch of one (~1e-3 off); every batch
+                # of two or more gives bit-identical rows, so a lone image runs as a pair.
+                out.append(self._features(chunk.expand(2, -1, -1, -1))[:1])
+            else:
+                out.append(self._features(chunk))
+        raw = torch.cat(out).numpy()
+        if self.projection is not None:
+            raw = self.projection.apply(raw)
+        return normalise(raw)
+
+    def _timed(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.stage_seconds[stage] += now - started
+        return now
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        clock = time.perf_counter()
+        with self._autocast():
+            x0 = self.model.encode(pixels).float()
+            clock = self._timed("encode", clock)
+            sources: dict[str, torch.Tensor] = {LATENT: x0} if LATENT in cfg.blocks else {}
+            if cfg.uses_unet:
+                xt = invert(self.model, x0, cfg.timestep, cfg.inversion_steps)
+                clock = self._timed("inversion", clock)
+                with capture(self.model.unet, cfg.blocks) as captured:
+                    self.model.predict_noise(xt, cfg.timestep)
+                sources.update(captured)
+        parts = [p for name in cfg.blocks for p in pool(sources[name], cfg.grid, cfg.gap)]
+        self._timed("features", clock)
+        # Every part is unit length; dividing by sqrt(#parts) keeps the concatenation unit length.
+        return torch.cat(parts, dim=1).cpu() / math.sqrt(len(parts))
+
+
+def normalise(x: Embedding) -> Embedding:
+    """Row-wise L2 normalisation (zero rows stay zero)."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+

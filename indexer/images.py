@@ -1,0 +1,171 @@
+"""Reading images from anything a caller holds, with one clear error for anything unreadable."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Union
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from indexer.errors import InvalidImageError
+
+log = logging.getLogger(__name__)
+
+try:  # HEIC/HEIF support is optional at import time but installed by default.
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
+    log.debug("pillow-heif not installed: HEIC/HEIF files will be skipped")
+
+ImageInput = Union[str, os.PathLike, bytes, IO[bytes], Image.Image, npt.NDArray]
+
+# Pillow's own decompression-bomb guard raises above 2x this; we refuse at 1x with our error.
+MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the store keeps about a decoded image."""
+
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None
+
+
+def _describe(source: ImageInput) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.size[0]}x{source.size[1]}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {tuple(source.shape)}>"
+    return f"<{getattr(source, 'name', type(source).__name__)}>"
+
+
+def _from_array(array: npt.NDArray) -> Image.Image:
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.size and 0.0 <= array.min() and array.max() <= 1.0:
+            array = array * 255.0
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return Image.fromarray(array)
+
+
+def _open(source: ImageInput) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_file() and path.stat().st_size == 0:
+            raise ValueError("empty file (0 bytes)")
+        return Image.open(path)
+    if isinstance(source, bytes):
+        if not source:
+            raise ValueError("empty input (0 bytes)")
+        return Image.open(io.BytesIO(source))
+    return Image.open(source)
+
+
+def _taken_at(image: Image.Image) -> datetime | None:
+    try:
+        exif = image.getexif()
+        raw = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime)
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S") if raw else None
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def load_image(source: ImageInput) -> tuple[Image.Image, ImageInfo]:
+    """Decode `source` fully into an RGB image with EXIF orientation applied.
+
+    Raises InvalidImageError (naming the source and the reason) for anything that is not a
+    readable image: missing, empty, truncated, corrupt, too large, wrong type.
+    """
+    name = _describe(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = _open(source)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise InvalidImageError(name, f"too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+            fmt = image.format or "RAW"
+            taken_at = _taken_at(image)
+            image.seek(0) if getattr(image, "n_frames", 1) > 1 else None  # first frame of GIF/TIFF
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            if image.mode != "RGB":
+                image = _flatten_alpha(image)
+    except InvalidImageError:
+        raise
+    except FileNotFoundError:
+        raise InvalidImageError(name, "file not found") from None
+    except PermissionError:
+        raise InvalidImageError(name, "permission denied") from None
+    except IsADirectoryError:
+        raise InvalidImageError(name, "is a directory") from None
+    except UnidentifiedImageError:
+        raise InvalidImageError(name, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(name, f"decompression bomb: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as exc:
+        raise InvalidImageError(name, f"corrupt or truncated image: {exc}") from None
+    return image, ImageInfo(width=image.size[0], height=image.size[1], format=fmt, taken_at=taken_at)
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """RGB, with transparent areas composited on white (how a viewer shows them)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / max(float(array.max()), 1.0)
+        return Image.fromarray((array * scale).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def square_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` (antialiased) and take the centre square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """Square RGB images of one size -> float tensor (B, 3, H, W) in [0, 1]."""
+    batch = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def prepare(source: ImageInput, size: int) -> torch.Tensor:
+    """Load and crop one image to a (3, size, size) tensor in [0, 1]."""
+    image, _ = load_image(source)
+    return to_tensor([square_crop(image, size)])[0]

@@ -1,0 +1,83 @@
+"""PCA whitening learned on a model's training images and shipped beside its weights.
+
+Whitening decorrelates feature dimensions and evens out their variance, so that a few
+high-variance directions (overall brightness, say) do not dominate Euclidean distance. One
+projection is stored per pre-projection embedding config, keyed by that config's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+FOLDER = "projections"
+
+
+@dataclass(frozen=True)
+class Projection:
+    """x -> (x - mean) @ matrix, then L2 normalisation by the caller."""
+
+    key: str  # fingerprint of the embedding config (projection off) it was fitted for
+    mean: npt.NDArray[np.float32]  # (d_in,)
+    matrix: npt.NDArray[np.float32]  # (d_in, d_out)
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def apply(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return ((x - self.mean) @ self.matrix).astype(np.float32)
+
+    def save(self, model_dir: Path) -> Path:
+        folder = Path(model_dir) / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.key}.safetensors"
+        tensors = {"mean": torch.from_numpy(self.mean), "matrix": torch.from_numpy(self.matrix)}
+        save_file(tensors, str(path), metadata={"key": self.key})
+        return path
+
+
+def fit_projection(
+    features: npt.NDArray[np.float32], key: str, dim: int = 256, shrinkage: float = 0.1
+) -> Projection:
+    """PCA-whitening to `dim` components: each component scaled by 1/sqrt(eigenvalue + shrinkage * mean eigenvalue).
+
+    The shrinkage term keeps low-variance (noisy) directions from being blown up to the same
+    weight as the strong ones; shrinkage=0 is plain whitening, a large value is plain PCA.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need a (n >= 2, d) feature matrix, got shape {x.shape}")
+    mean = x.mean(axis=0)
+    centred = x - mean
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    eigenvalues = singular**2 / (x.shape[0] - 1)
+    dim = min(dim, vt.shape[0])
+    reg = shrinkage * float(eigenvalues[:dim].mean())
+    matrix = vt[:dim].T / np.sqrt(eigenvalues[:dim] + reg)
+    return Projection(key=key, mean=mean.astype(np.float32), matrix=matrix.astype(np.float32))
+
+
+def load_projections(model_dir: Path) -> dict[str, Projection]:
+    """Every projection stored under `model_dir/projections/`, by key."""
+    out: dict[str, Projection] = {}
+    for path in sorted((Path(model_dir) / FOLDER).glob("*.safetensors")):
+        tensors = load_file(str(path))
+        key = path.stem
+        out[key] = Projection(key=key, mean=tensors["mean"].numpy(), matrix=tensors["matrix"].numpy())
+    if out:
+        log.debug("loaded %d projection(s) from %s", len(out), model_dir)
+    return out
+
+
+def describe(projections: dict[str, Projection]) -> str:
+    return json.dumps({k: p.dim for k, p in projections.items()})

@@ -1,0 +1,1 @@
+"""Training the default latent diffusion U-Net on TAEF2 latents."""

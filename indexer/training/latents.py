@@ -1,0 +1,75 @@
+"""Encode a photo collection once to TAEF2 latents (each photo and its mirror image), cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from indexer.errors import InvalidImageError
+from indexer.images import prepare
+from indexer.taef2 import load_encoder
+
+log = logging.getLogger(__name__)
+
+
+class _Photos(Dataset):
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.paths = list(paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        try:
+            return prepare(self.paths[i], self.size), True
+        except InvalidImageError as exc:
+            log.warning("skipping %s", exc)
+            return torch.zeros(3, self.size, self.size), False
+
+
+def cache_key(paths: Sequence[Path], size: int) -> str:
+    digest = hashlib.sha256(f"{size}\n".encode())
+    for path in paths:
+        digest.update(f"{path}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_photos(
+    paths: Sequence[Path], autoencoder_dir: Path, size: int, cache_dir: Path, batch_size: int = 32, workers: int = 2
+) -> npt.NDArray[np.float16]:
+    """Raw latents (2n, 32, size/8, size/8) as float16: rows [0, n) the photos, [n, 2n) their mirrors."""
+    cache = Path(cache_dir) / f"latents-{cache_key(paths, size)}.npy"
+    if cache.is_file():
+        log.info("using cached latents %s", cache)
+        return np.load(cache)
+    encoder = load_encoder(autoencoder_dir)
+    loader = DataLoader(_Photos(paths, size), batch_size=batch_size, num_workers=workers)
+    plain, mirrored = [], []
+    for pixels, ok in tqdm(loader, desc="encoding photos", unit="batch"):
+        pixels = pixels[ok]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            both = encoder(torch.cat([pixels, pixels.flip(3)])).float()
+        plain.append(both[: len(pixels)].half().numpy())
+        mirrored.append(both[len(pixels) :].half().numpy())
+    latents = np.concatenate(plain + mirrored)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache.with_suffix(".tmp.npy"), latents)
+    cache.with_suffix(".tmp.npy").rename(cache)
+    return latents
+
+
+def read_list(list_file: Path, root: Path | None = None) -> list[Path]:
+    """Paths from a list file (one per line, relative to `root` or to the list's folder)."""
+    base = Path(root) if root else Path(list_file).parent
+    lines = Path(list_file).read_text().splitlines()
+    return [base / line.strip() for line in lines if line.strip() and not line.startswith("#")]

@@ -1,0 +1,83 @@
+"""`diffsearch train`: photos -> cached TAEF2 latents -> trained U-Net -> a diffusers-format model folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.model import DATA_DIR, MANIFEST
+from indexer.training.latents import encode_photos
+from indexer.training.train import TrainConfig, build_scheduler, build_unet, train
+
+log = logging.getLogger(__name__)
+
+TAEF2_DIR = DATA_DIR / "models" / "taef2"
+
+
+def latent_statistics(latents: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (what makes the U-Net's input roughly unit Gaussian)."""
+    x = latents.astype(np.float32)
+    return x.mean(axis=(0, 2, 3)).tolist(), x.std(axis=(0, 2, 3)).tolist()
+
+
+def run_training(
+    photos: Sequence[Path], out_dir: Path, cfg: TrainConfig, run_dir: Path, resume: bool = False, workers: int = 2
+) -> Path:
+    """Train on `photos` and write the model folder `out_dir`; returns it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    latents = encode_photos(photos, TAEF2_DIR, cfg.image_size, run_dir.parent / "cache", workers=workers)
+    mean, std = latent_statistics(latents)
+    normed = ((latents.astype(np.float32) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]).astype(
+        np.float16
+    )
+    (run_dir / "stats.json").write_text(json.dumps({"latent_mean": mean, "latent_std": std, "photos": len(photos)}))
+    ema, losses = train(normed, cfg, run_dir, resume=resume)
+    export_model(ema, cfg, mean, std, out_dir, {"photos": len(photos), "wall_minutes": (time.time() - started) / 60})
+    return out_dir
+
+
+def export_model(
+    unet: torch.nn.Module, cfg: TrainConfig, mean: list[float], std: list[float], out_dir: Path, facts: dict
+) -> None:
+    """Write `unet/` (fp16 safetensors), `scheduler/`, the manifest, and the TAEF2 licence beside them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unet.to(torch.float16).save_pretrained(out_dir / "unet", safe_serialization=True)
+    unet.to(torch.float32)
+    build_scheduler(cfg).save_pretrained(out_dir / "scheduler")
+    manifest = {
+        "kind": "latent-taef2",
+        "autoencoder": "../taef2",
+        "image_size": cfg.image_size,
+        "latent_mean": mean,
+        "latent_std": std,
+        "train_config": cfg.to_dict(),
+        **facts,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if (out_dir / "../taef2").resolve() != TAEF2_DIR.resolve():
+        # A model trained elsewhere carries its own copy of the autoencoder it was trained with.
+        shutil.copytree(TAEF2_DIR, out_dir / "taef2", dirs_exist_ok=True)
+        manifest["autoencoder"] = "taef2"
+        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def export_checkpoint(run_dir: Path, out_dir: Path) -> None:
+    """Export the EMA weights of the latest checkpoint in `run_dir` (works while training runs)."""
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg_dict = dict(state["config"])
+    cfg_dict["block_out_channels"] = tuple(cfg_dict["block_out_channels"])
+    cfg = TrainConfig(**cfg_dict)
+    unet = build_unet(cfg)
+    unet.load_state_dict(state["ema"])
+    stats = json.loads((run_dir / "stats.json").read_text())
+    facts = {"photos": stats["photos"], "steps": state["step"], "wall_minutes": state["seconds"] / 60}
+    export_model(unet, cfg, stats["latent_mean"], stats["latent_std"], out_dir, facts)
+    (out_dir / "losses.json").write_text(json.dumps(state["losses"]))

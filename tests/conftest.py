@@ -1,0 +1,51 @@
+"""Shared fixtures: the bundled sample photos, the real default model, small real images made here."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "data" / "samples"
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> list[Path]:
+    photos = sorted(SAMPLES.glob("*.jpg"))
+    assert len(photos) >= 40
+    return photos
+
+
+@pytest.fixture(scope="session")
+def default_model():  # noqa: ANN201
+    from indexer.model import load_model
+
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def embedder(default_model):  # noqa: ANN001, ANN201
+    from indexer.config import EmbeddingConfig, RuntimeOptions
+    from indexer.embedder import Embedder
+
+    return Embedder(EmbeddingConfig(), RuntimeOptions(batch_size=16, device="cpu"), model=default_model)
+
+
+def make_photo(path: Path, seed: int, size: tuple[int, int] = (96, 72), fmt: str | None = None) -> Path:
+    """A small real image with smooth structure (not noise), different for each seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]] / max(size)
+    channels = [np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3)]
+    array = ((np.stack(channels, axis=2) + 1) * 127.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)

@@ -1,0 +1,85 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.errors import InvalidImageError
+from indexer.images import MAX_PIXELS, load_image, prepare, square_crop
+from tests.conftest import make_photo
+
+
+def test_every_input_kind_gives_the_same_pixels(tmp_path):
+    path = make_photo(tmp_path / "a.png", 1)
+    data = path.read_bytes()
+    expected = np.asarray(load_image(path)[0])
+    for source in (str(path), data, io.BytesIO(data), Image.open(path), expected, expected / 255.0):
+        image, _ = load_image(source)
+        assert image.mode == "RGB"
+        np.testing.assert_allclose(np.asarray(image, dtype=float), expected, atol=1)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    exif[0x0132] = "2021:05:04 03:02:01"
+    image.save(tmp_path / "r.jpg", exif=exif)
+    loaded, info = load_image(tmp_path / "r.jpg")
+    assert loaded.size == (20, 40)
+    assert (info.width, info.height) == (20, 40)
+    assert info.taken_at is not None and info.taken_at.year == 2021
+
+
+def test_grey_palette_and_alpha_become_rgb(tmp_path):
+    Image.new("L", (16, 16), 80).save(tmp_path / "g.png")
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(tmp_path / "t.png")
+    assert load_image(tmp_path / "g.png")[0].mode == "RGB"
+    assert load_image(tmp_path / "t.png")[0].getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_gif_first_frame(tmp_path):
+    frames = [Image.new("RGB", (16, 16), c) for c in ("blue", "green")]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    r, g, b = load_image(tmp_path / "a.gif")[0].getpixel((0, 0))
+    assert b > 200 and g < 50
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("zero.jpg", b"", "empty"),
+        ("text.jpg", b"this is not an image at all", "not an image"),
+        ("trunc.jpg", None, "truncated"),
+    ],
+)
+def test_bad_files_raise_one_clear_error(tmp_path, name, content, reason):
+    path = tmp_path / name
+    if content is None:
+        good = make_photo(tmp_path / "good.jpg", 2, size=(300, 200)).read_bytes()
+        content = good[: len(good) // 2]
+    path.write_bytes(content)
+    with pytest.raises(InvalidImageError, match=reason) as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(InvalidImageError, match="not found"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(InvalidImageError):
+        load_image(tmp_path)
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    side = int(MAX_PIXELS**0.5) + 100
+    Image.new("1", (side, side)).save(tmp_path / "bomb.png", optimize=True)
+    with pytest.raises(InvalidImageError, match="too large|bomb"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_square_crop_and_prepare(tmp_path):
+    path = make_photo(tmp_path / "w.png", 3, size=(200, 100))
+    assert square_crop(load_image(path)[0], 64).size == (64, 64)
+    x = prepare(path, 64)
+    assert x.shape == (3, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
