@@ -1,0 +1,137 @@
+"""CLI commands of the read path and the model: query, dedup, serve, up, train, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from api.cli import DeviceOpt, IndexOpt, JsonOpt, _fail, _settings, app
+from indexer.errors import DiffsearchError
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+
+
+@app.command()
+def query(
+    image: Annotated[Path, typer.Argument(help="The query photo")],
+    k: Annotated[int, typer.Option("-k", help="How many results")] = 10,
+    max_distance: Annotated[Optional[float], typer.Option(help="Drop results farther than this")] = None,
+    path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
+    index_dir: IndexOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the photos most similar to IMAGE."""
+    from searcher.searcher import Searcher
+
+    settings = _settings(index_dir=index_dir, device=device)
+    try:
+        results = Searcher(settings.index_dir, settings.runtime()).query(image, k, max_distance, path_prefix)
+    except DiffsearchError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps({"data": [r.model_dump(mode="json") for r in results], "count": len(results)}, indent=2))
+        return
+    for rank, r in enumerate(results, 1):
+        typer.echo(f"{rank:>3}  {r.distance:.4f}  {r.path}")
+
+
+@app.command()
+def dedup(
+    threshold: Annotated[float, typer.Option(help="Euclidean distance under which two photos are duplicates")] = 0.25,
+    index_dir: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Groups of near-duplicate photos in the index."""
+    from searcher.dedup import find_duplicates
+    from searcher.searcher import Searcher
+
+    settings = _settings(index_dir=index_dir)
+    try:
+        groups = find_duplicates(Searcher(settings.index_dir, settings.runtime()), threshold)
+    except DiffsearchError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps({"data": [g.model_dump(mode="json") for g in groups], "count": len(groups)}, indent=2))
+        return
+    typer.echo(f"{len(groups)} group(s) under distance {threshold}")
+    for n, group in enumerate(groups, 1):
+        typer.echo(f"group {n} ({len(group.photos)} photos)")
+        for photo in group.photos:
+            typer.echo(f"  {photo.distance:.4f}  {photo.path}")
+
+
+@app.command()
+def serve(
+    index_dir: IndexOpt = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [default 8000]")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Serve the HTTP API and the web page for an index."""
+    import uvicorn
+
+    from api.app import create_app
+    from indexer.index import PhotoIndex
+
+    settings = _settings(index_dir=index_dir, host=host, port=port, device=device)
+    try:
+        PhotoIndex.open(settings.index_dir).close()  # fail here, clearly, not inside the server
+    except DiffsearchError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"diffsearch: serving {settings.index_dir} at http://{settings.host}:{settings.port}/ (Ctrl-C stops)")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+@app.command()
+def up(
+    folder: Annotated[Optional[Path], typer.Argument(help="Photo folder [default: the bundled sample photos]")] = None,
+    index_dir: IndexOpt = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [default 8000]")] = None,
+) -> None:
+    """Index FOLDER (or the sample photos), then serve it: the one-command demo."""
+    from api.cli import index as index_command
+
+    index_command([folder or SAMPLES], index_dir=index_dir)
+    serve(index_dir=index_dir, host=host, port=port)
+
+
+@app.command()
+def train(
+    photos: Annotated[list[Path], typer.Argument(help="Photo folders or files to train on")] = [],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="Model folder to write")] = Path("diffsearch-model"),
+    photo_list: Annotated[Optional[Path], typer.Option("--list", help="A list file of photo paths (one per line)")] = None,
+    list_root: Annotated[Optional[Path], typer.Option(help="Folder the --list paths are relative to")] = None,
+    run_dir: Annotated[Path, typer.Option(help="Checkpoints, cached latents and logs")] = Path("runs/train"),
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget")] = 60.0,
+    steps: Annotated[int, typer.Option(help="Step budget (and the LR schedule's length)")] = 6000,
+    batch_size: Annotated[int, typer.Option(help="Latents per step")] = 64,
+    image_size: Annotated[int, typer.Option(help="Training crop side in pixels (latents are 1/8)")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from run-dir's checkpoint")] = False,
+    card: Annotated[bool, typer.Option(help="Write the model card, loss curve and sample grid")] = True,
+) -> None:
+    """Train a latent diffusion U-Net on TAEF2 latents of your photos."""
+    from indexer.files import walk_photos
+    from indexer.training.card import write_model_card
+    from indexer.training.latents import read_list
+    from indexer.training.run import run_training
+    from indexer.training.train import TrainConfig
+
+    paths = [p.path for p in walk_photos(photos)] if photos else []
+    if photo_list:
+        paths += read_list(photo_list, list_root)
+    if not paths:
+        _fail(ValueError("no photos: give folders, files or --list"))
+    cfg = TrainConfig(max_minutes=minutes, max_steps=steps, batch_size=batch_size, image_size=image_size, seed=seed)
+    model_dir = run_training(paths, out, cfg, run_dir, resume=resume)
+    if card:
+        write_model_card(model_dir, run_dir, data_note=f"{len(paths)} photos from {photo_list or photos}")
+    typer.echo(f"model written to {model_dir}; index with: diffsearch index PHOTOS --model {model_dir}")

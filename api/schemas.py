@@ -1,0 +1,21 @@
+"""HTTP request/response schemas (kept apart from the database tables)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from searcher.results import SearchResult
+
+
+class SearchResponse(BaseModel):
+    data: list[SearchResult]
+    count: int
+
+
+class Health(BaseModel):
+    status: str
+    photos: int
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,178 @@
+"""An index folder: SQLite rows + FAISS vectors + the embedding settings they were made with.
+
+Consistency rule: a row is valid iff its id is in FAISS and a vector is valid iff its id has a
+row. Writers commit SQLite first, then save FAISS atomically; `reconcile` (run whenever a writer
+opens the index, and by `diffsearch check --repair`) drops whatever a crash left half-done, so
+the next run simply embeds those photos again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session
+
+from indexer.config import EmbeddingConfig
+from indexer.errors import IndexMismatchError, IndexNotFoundError
+from indexer.store import DB_FILE, SCHEMA_VERSION, Failure, Photo, create_schema, open_engine, read_meta, write_meta
+from indexer.vectors import VECTORS_FILE, VectorStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX_DIR = Path("diffsearch-index")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """What an index was built with (stored in its meta table)."""
+
+    embedding: EmbeddingConfig
+    fingerprint: str  # the embedder's: config + model weights + projection
+    model_fingerprint: str
+    dim: int
+    index_type: str
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "embedding": self.embedding.to_dict(),
+            "fingerprint": self.fingerprint,
+            "model_fingerprint": self.model_fingerprint,
+            "dim": self.dim,
+            "index_type": self.index_type,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> IndexSettings:
+        return cls(
+            embedding=EmbeddingConfig.from_dict(meta["embedding"]),
+            fingerprint=meta["fingerprint"],
+            model_fingerprint=meta["model_fingerprint"],
+            dim=int(meta["dim"]),
+            index_type=meta["index_type"],
+        )
+
+
+@dataclass(frozen=True)
+class Consistency:
+    rows: int
+    vectors: int
+    rows_without_vectors: list[int]
+    vectors_without_rows: list[int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.rows_without_vectors and not self.vectors_without_rows
+
+
+def describe_mismatch(stored: IndexSettings, wanted: IndexSettings) -> str:
+    a, b = stored.embedding.to_dict(), wanted.embedding.to_dict()
+    fields = [f"{k}: index has {a[k]!r}, requested {b[k]!r}" for k in a if a[k] != b[k]]
+    if stored.model_fingerprint != wanted.model_fingerprint:
+        fields.append(f"model weights: index has {stored.model_fingerprint}, requested {wanted.model_fingerprint}")
+    if stored.index_type != wanted.index_type:
+        fields.append(f"index_type: index has {stored.index_type!r}, requested {wanted.index_type!r}")
+    return "; ".join(fields) or f"fingerprint {stored.fingerprint} != {wanted.fingerprint}"
+
+
+class PhotoIndex:
+    """An open index folder. Writers hold indexer.lock.WriteLock around any change."""
+
+    def __init__(self, index_dir: Path, engine: Engine, settings: IndexSettings) -> None:
+        self.dir = Path(index_dir)
+        self.engine = engine
+        self.settings = settings
+        self.vectors = VectorStore(self.dir / VECTORS_FILE, settings.dim, settings.index_type)
+
+    @classmethod
+    def open(cls, index_dir: Path) -> PhotoIndex:
+        """Open an existing index (for reading, or writing with its stored settings)."""
+        index_dir = Path(index_dir)
+        if not (index_dir / DB_FILE).is_file():
+            raise IndexNotFoundError(f"no index at {index_dir} (run `diffsearch index PHOTOS --index {index_dir}` first)")
+        engine = open_engine(index_dir)
+        create_schema(engine)
+        with Session(engine) as session:
+            meta = read_meta(session)
+        if "embedding" not in meta:
+            raise IndexNotFoundError(f"{index_dir} holds no finished index settings; index some photos into it first")
+        return cls(index_dir, engine, IndexSettings.from_meta(meta))
+
+    @classmethod
+    def stored_settings(cls, index_dir: Path) -> IndexSettings | None:
+        """The settings an existing index was built with, or None where there is no index yet."""
+        try:
+            index = cls.open(index_dir)
+        except IndexNotFoundError:
+            return None
+        index.close()
+        return index.settings
+
+    @classmethod
+    def open_for_writing(cls, index_dir: Path, wanted: IndexSettings) -> PhotoIndex:
+        """Create the index with `wanted`, or open it and fail if it was built otherwise."""
+        index_dir = Path(index_dir)
+        index_dir.mkdir(parents=True, exist_ok=True)
+        engine = open_engine(index_dir)
+        create_schema(engine)
+        with Session(engine) as session, session.begin():
+            meta = read_meta(session)
+            if "embedding" in meta:
+                stored = IndexSettings.from_meta(meta)
+                if stored.fingerprint != wanted.fingerprint or stored.index_type != wanted.index_type:
+                    raise IndexMismatchError(
+                        f"{index_dir} was built with model {stored.embedding.model!r} and other settings "
+                        f"({describe_mismatch(stored, wanted)}). Use the index's settings or another --index folder."
+                    )
+            else:
+                write_meta(session, wanted.to_meta())
+        return cls(index_dir, engine, wanted)
+
+    def consistency(self) -> Consistency:
+        with Session(self.engine) as session:
+            rows = np.array(session.scalars(select(Photo.id)).all(), dtype=np.int64)
+        ids = self.vectors.ids()
+        return Consistency(
+            rows=len(rows),
+            vectors=len(ids),
+            rows_without_vectors=np.setdiff1d(rows, ids).tolist(),
+            vectors_without_rows=np.setdiff1d(ids, rows).tolist(),
+        )
+
+    def reconcile(self) -> Consistency:
+        """Make SQLite and FAISS agree by dropping the half of anything a crash left half-done."""
+        report = self.consistency()
+        if report.ok:
+            return report
+        log.warning(
+            "repairing %s: %d row(s) without a vector (will be re-embedded), %d vector(s) without a row",
+            self.dir, len(report.rows_without_vectors), len(report.vectors_without_rows),
+        )  # fmt: skip
+        if report.vectors_without_rows:
+            self.vectors.remove(report.vectors_without_rows)
+            self.vectors.save()
+        if report.rows_without_vectors:
+            with Session(self.engine) as session, session.begin():
+                for chunk in range(0, len(report.rows_without_vectors), 500):
+                    ids = report.rows_without_vectors[chunk : chunk + 500]
+                    session.execute(delete(Photo).where(Photo.id.in_(ids)))
+        return report
+
+    def counts(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            photos = session.scalar(select(func.count()).select_from(Photo)) or 0
+            failures = session.scalar(select(func.count()).select_from(Failure)) or 0
+        return {"photos": int(photos), "vectors": len(self.vectors), "failures": int(failures)}
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = ["DEFAULT_INDEX_DIR", "SCHEMA_VERSION", "Consistency", "IndexSettings", "PhotoIndex"]

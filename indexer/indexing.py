@@ -1,0 +1,278 @@
+"""`diffsearch index`: bring an index up to date with photo folders, incrementally and crash-safely.
+
+A run is planned first (mark and sweep, as rclip does): a file whose size and mtime match its row
+is unchanged; one whose bytes match is touched; one whose bytes changed is replaced (new row id);
+a new path whose bytes match a photo that vanished is a move (the row keeps its vector); what is
+left is new, and rows whose file is gone are pruned. Then the new photos are decoded in worker
+processes while the model embeds batches, with a checkpoint every N photos or S seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from indexer.embedder import Embedder
+from indexer.errors import InvalidImageError
+from indexer.files import PhotoFile, content_hash, walk_photos
+from indexer.images import ImageInfo, load_image, square_crop, to_tensor
+from indexer.index import IndexSettings, PhotoIndex
+from indexer.lock import WriteLock
+from indexer.settings import Settings
+from indexer.store import Failure, Photo, photos_under, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexSummary:
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: int = 0  # known-bad files, unchanged since they last failed
+    failed: int = 0
+    seconds: float = 0.0
+    embedded_seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.added + self.updated) / self.embedded_seconds if self.embedded_seconds else 0.0
+
+
+@dataclass
+class Plan:
+    to_embed: list[PhotoFile] = field(default_factory=list)
+    touched: list[tuple[int, PhotoFile]] = field(default_factory=list)
+    moved: list[tuple[int, PhotoFile]] = field(default_factory=list)
+    stale_ids: list[int] = field(default_factory=list)  # rows of changed files: replaced by new rows
+    replaced: set[str] = field(default_factory=set)  # paths of those changed files
+    deleted_ids: list[int] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: int = 0
+    failures: list[tuple[PhotoFile, str]] = field(default_factory=list)
+
+
+def plan_run(session: Session, roots: Sequence[Path], files: Sequence[PhotoFile], prune: bool) -> Plan:
+    plan = Plan()
+    rows = photos_under(session, list(roots))
+    failed = {f.path: f for f in session.scalars(select(Failure))}
+    candidates: list[PhotoFile] = []
+    for file in files:
+        row = rows.pop(str(file.path), None)
+        if row is None:
+            old = failed.get(str(file.path))
+            if old is not None and old.size == file.size and old.mtime == file.mtime:
+                plan.skipped += 1
+            else:
+                candidates.append(file)
+        elif row.size == file.size and row.mtime == file.mtime:
+            plan.unchanged += 1
+        elif _hash_or_none(file, plan) == row.content_hash:
+            plan.touched.append((row.id, file))
+        else:
+            plan.stale_ids.append(row.id)
+            plan.replaced.add(str(file.path))
+            plan.to_embed.append(file)
+    vanished = _by_size_and_hash(rows.values())
+    for file in candidates:
+        match = vanished.get(file.size)
+        digest = _hash_or_none(file, plan) if match else None
+        if digest and digest in match:
+            plan.moved.append((match.pop(digest).id, file))
+        else:
+            plan.to_embed.append(file)
+    remaining = [row.id for group in vanished.values() for row in group.values()]
+    if prune:
+        plan.deleted_ids = remaining
+    return plan
+
+
+def _by_size_and_hash(rows: Sequence[Photo] | object) -> dict[int, dict[str, Photo]]:
+    out: dict[int, dict[str, Photo]] = defaultdict(dict)
+    for row in rows:  # type: ignore[attr-defined]
+        out[row.size][row.content_hash] = row
+    return out
+
+
+def _hash_or_none(file: PhotoFile, plan: Plan) -> str | None:
+    try:
+        return content_hash(file.path)
+    except OSError as exc:
+        plan.failures.append((file, f"cannot read: {exc.strerror or exc}"))
+        return None
+
+
+class _Decoded(Dataset):
+    """Worker-side work: read, hash, decode, EXIF-transpose and crop one photo."""
+
+    def __init__(self, files: Sequence[PhotoFile], size: int) -> None:
+        self.files, self.size = list(files), size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, ImageInfo | str, str, float]:
+        started = time.perf_counter()
+        file = self.files[i]
+        try:
+            image, info = load_image(file.path)
+            pixels = to_tensor([square_crop(image, self.size)])[0]
+            return i, pixels, info, content_hash(file.path), time.perf_counter() - started
+        except InvalidImageError as exc:
+            return i, None, exc.reason, "", time.perf_counter() - started
+        except OSError as exc:
+            return i, None, f"cannot read: {exc.strerror or exc}", "", time.perf_counter() - started
+
+
+def _collate(items: list) -> list:  # noqa: ANN001 - DataLoader's collate signature
+    return items
+
+
+class IndexRun:
+    """One `index` run over an open, locked index."""
+
+    def __init__(
+        self, index: PhotoIndex, embedder: Embedder, checkpoint_every: int = 256, checkpoint_seconds: float = 60.0
+    ) -> None:
+        self.index, self.embedder = index, embedder
+        self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
+
+    def run(self, roots: Sequence[Path], prune: bool = True, follow_symlinks: bool = False) -> IndexSummary:
+        started = time.perf_counter()
+        summary = IndexSummary()
+        self.index.reconcile()
+        roots = [Path(r).expanduser().absolute() for r in roots]
+        files = list(tqdm(walk_photos(roots, follow_symlinks), desc="scanning", unit=" files", leave=False))
+        with Session(self.index.engine) as session:
+            plan = plan_run(session, roots, files, prune)
+        self._apply_plan(plan, summary)
+        embed_started = time.perf_counter()
+        self._embed(plan.to_embed, plan.replaced, summary)
+        summary.embedded_seconds = time.perf_counter() - embed_started
+        summary.seconds = time.perf_counter() - started
+        summary.stage_seconds.update(self.embedder.stage_seconds)
+        return summary
+
+    def _apply_plan(self, plan: Plan, summary: IndexSummary) -> None:
+        """Touches, moves and deletions: no model needed. SQLite first, then FAISS (see index.py)."""
+        gone = plan.stale_ids + plan.deleted_ids
+        with Session(self.index.engine) as session, session.begin():
+            for row_id, file in plan.touched + plan.moved:
+                row = session.get(Photo, row_id)
+                assert row is not None
+                row.path, row.size, row.mtime = str(file.path), file.size, file.mtime
+            for chunk in range(0, len(gone), 500):
+                session.execute(delete(Photo).where(Photo.id.in_(gone[chunk : chunk + 500])))
+            for file, reason in plan.failures:
+                self._record_failure(session, file, reason, summary)
+        if gone:
+            self.index.vectors.remove(gone)
+            self.index.vectors.save()
+        summary.unchanged, summary.skipped = plan.unchanged + len(plan.touched), plan.skipped
+        summary.moved, summary.removed = len(plan.moved), len(plan.deleted_ids)
+
+    def _record_failure(self, session: Session, file: PhotoFile, reason: str, summary: IndexSummary) -> None:
+        log.warning("skipped %s: %s", file.path, reason)
+        session.merge(Failure(path=str(file.path), reason=reason, size=file.size, mtime=file.mtime, failed_at=utcnow()))
+        summary.failed += 1
+        summary.failures.append((str(file.path), reason))
+
+    def _embed(self, files: list[PhotoFile], replaced: set[str], summary: IndexSummary) -> None:
+        if not files:
+            return
+        options = self.embedder.options
+        loader = DataLoader(
+            _Decoded(files, self.embedder.config.image_size),
+            batch_size=options.batch_size,
+            num_workers=options.workers,
+            collate_fn=_collate,
+            prefetch_factor=4 if options.workers else None,
+        )
+        since, last_save = 0, time.monotonic()
+        session = Session(self.index.engine)
+        bar = tqdm(total=len(files), desc="indexing", unit=" img")
+        try:
+            for batch in loader:
+                since += self._embed_batch(session, files, batch, replaced, summary)
+                bar.update(len(batch))
+                if since >= self.checkpoint_every or time.monotonic() - last_save >= self.checkpoint_seconds:
+                    self._checkpoint(session)
+                    since, last_save = 0, time.monotonic()
+        finally:
+            # Ctrl-C or an error keeps every finished batch: commit rows, then save vectors.
+            self._checkpoint(session)
+            session.close()
+            bar.close()
+
+    def _embed_batch(
+        self, session: Session, files: list[PhotoFile], batch: list, replaced: set[str], summary: IndexSummary
+    ) -> int:
+        good = [(i, pixels, info, digest) for i, pixels, info, digest, _ in batch if pixels is not None]
+        self.embedder.stage_seconds["decode (workers)"] += sum(item[4] for item in batch)
+        for i, pixels, reason, _, _ in batch:
+            if pixels is None:
+                self._record_failure(session, files[i], str(reason), summary)
+        if not good:
+            return 0
+        vectors = self.embedder.embed_pixels(torch.stack([pixels for _, pixels, _, _ in good]))
+        rows = []
+        for (i, _, info, digest), _vector in zip(good, vectors):
+            file = files[i]
+            row = Photo(
+                path=str(file.path), content_hash=digest, size=file.size, mtime=file.mtime, width=info.width,
+                height=info.height, format=info.format, taken_at=info.taken_at, indexed_at=utcnow(),
+            )  # fmt: skip
+            session.add(row)
+            rows.append(row)
+        session.execute(delete(Failure).where(Failure.path.in_([str(files[i].path) for i, *_ in good])))
+        session.flush()  # assigns the AUTOINCREMENT ids that become the FAISS ids
+        self.index.vectors.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
+        updated = sum(row.path in replaced for row in rows)
+        summary.updated += updated
+        summary.added += len(rows) - updated
+        return len(rows)
+
+    def _checkpoint(self, session: Session) -> None:
+        session.commit()
+        self.index.vectors.save()
+
+
+
+def index_photos(
+    roots: Sequence[Path],
+    settings: Settings,
+    prune: bool = True,
+    embedder: Embedder | None = None,
+) -> IndexSummary:
+    """Bring the index at settings.index_dir up to date with `roots` (creating it if needed)."""
+    index_dir = Path(settings.index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with WriteLock(index_dir):
+        stored = PhotoIndex.stored_settings(index_dir)
+        config = settings.embedding_config(stored.embedding if stored else None)
+        if embedder is None or embedder.config != config:
+            reuse = embedder.model if embedder and embedder.config.model == config.model else None
+            embedder = Embedder(config, settings.runtime(), model=reuse)
+        index_type = settings.index_type or (stored.index_type if stored else "Flat")
+        wanted = IndexSettings(config, embedder.fingerprint, embedder.model.fingerprint, embedder.dim, index_type)
+        index = PhotoIndex.open_for_writing(index_dir, wanted)
+        try:
+            return IndexRun(index, embedder, settings.checkpoint_every).run(roots, prune, settings.follow_symlinks)
+        finally:
+            index.close()
+

@@ -1,0 +1,94 @@
+"""One typed settings object: defaults < DIFFSEARCH_* environment variables < CLI flags.
+
+Embedding settings given here are *overrides*: an existing index supplies its stored embedding
+config, and an override that contradicts it is an IndexMismatchError rather than a silent rebuild.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indexer.config import EmbeddingConfig, RuntimeOptions
+from indexer.errors import ConfigError
+from indexer.index import DEFAULT_INDEX_DIR
+
+ENV_PREFIX = "DIFFSEARCH_"
+EMBEDDING_FIELDS = {f.name: f.type for f in dataclasses.fields(EmbeddingConfig)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    index_dir: Path = DEFAULT_INDEX_DIR
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = 2
+    allow_download: bool = False
+    index_type: str | None = None  # None: the index's own, or "Flat" for a new index
+    checkpoint_every: int = 256
+    follow_symlinks: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 20.0
+    embedding: Mapping[str, Any] = field(default_factory=dict)  # EmbeddingConfig overrides
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        """Defaults, then DIFFSEARCH_* variables, then non-None `flags` (embedding keys included)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        embedding: dict[str, Any] = {}
+        own = {f.name: f for f in dataclasses.fields(cls) if f.name != "embedding"}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in own:
+                values[name] = _parse(name, raw, type(own[name].default) if own[name].default is not None else str)
+            elif name in EMBEDDING_FIELDS:
+                embedding[name] = _parse_embedding(name, raw)
+        for name, value in flags.items():
+            if value is None:
+                continue
+            if name in own:
+                values[name] = value
+            elif name in EMBEDDING_FIELDS:
+                embedding[name] = tuple(value) if name == "blocks" else value
+            else:
+                raise ConfigError(f"unknown setting {name!r}")
+        if "index_dir" in values:
+            values["index_dir"] = Path(values["index_dir"])
+        return cls(**values, embedding=embedding)
+
+    def runtime(self) -> RuntimeOptions:
+        return RuntimeOptions(
+            device=self.device, batch_size=self.batch_size, workers=self.workers, allow_download=self.allow_download
+        )  # type: ignore[arg-type]
+
+    def embedding_config(self, stored: EmbeddingConfig | None = None) -> EmbeddingConfig:
+        return (stored or EmbeddingConfig()).replace(**self.embedding)
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _parse_embedding(name: str, raw: str) -> Any:
+    kind = EMBEDDING_FIELDS[name]
+    if name == "blocks":
+        return tuple(b.strip() for b in raw.split(",") if b.strip())
+    for python_type in (bool, int):
+        if kind == python_type.__name__:
+            return _parse(name, raw, python_type)
+    return raw

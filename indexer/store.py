@@ -1,0 +1,110 @@
+"""The SQLite side of an index: one row per photo, failed files, and the index's metadata.
+
+Row ids are SQLite AUTOINCREMENT ids, never reused, and they are the FAISS ids: a vector in
+FAISS belongs to the row with its id, and a changed photo gets a new row (and so a new id).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from indexer.errors import IndexMismatchError
+
+SCHEMA_VERSION = 1
+DB_FILE = "index.db"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(String, unique=True, index=True)
+    content_hash: Mapped[str] = mapped_column(String(32), index=True)
+    size: Mapped[int]
+    mtime: Mapped[float] = mapped_column(Float)
+    width: Mapped[int]
+    height: Mapped[int]
+    format: Mapped[str] = mapped_column(String(16))
+    taken_at: Mapped[datetime | None]
+    indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Failure(Base):
+    """A file that could not be indexed; retried only when its size or mtime changes."""
+
+    __tablename__ = "failures"
+
+    path: Mapped[str] = mapped_column(String, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int]
+    mtime: Mapped[float] = mapped_column(Float)
+    failed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+def open_engine(index_dir: Path) -> Engine:
+    """An engine on `index_dir/index.db` in WAL mode, so readers never wait for the writer."""
+    engine = create_engine(f"sqlite:///{Path(index_dir) / DB_FILE}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+    with Session(engine) as session, session.begin():
+        version = read_meta(session).get("schema_version")
+        if version is None:
+            session.merge(Meta(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
+        elif version > SCHEMA_VERSION:
+            raise IndexMismatchError(
+                f"this index has schema version {version}; this diffsearch reads up to {SCHEMA_VERSION}: upgrade diffsearch"
+            )
+
+
+def read_meta(session: Session) -> dict[str, Any]:
+    return {row.key: json.loads(row.value) for row in session.scalars(select(Meta))}
+
+
+def write_meta(session: Session, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        session.merge(Meta(key=key, value=json.dumps(value, sort_keys=True)))
+
+
+def photos_under(session: Session, roots: list[Path]) -> dict[str, Photo]:
+    """Rows whose path is one of `roots` or inside one of them, by path."""
+    out: dict[str, Photo] = {}
+    for root in roots:
+        root_str = str(root)
+        prefix = root_str.rstrip("/") + "/"
+        query = select(Photo).where((Photo.path == root_str) | Photo.path.startswith(prefix, autoescape=True))
+        out.update({p.path: p for p in session.scalars(query)})
+    return out

@@ -1,0 +1,40 @@
+"""Typed results of the read path (pydantic, so the HTTP layer can serialise them as they are)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class SearchResult(BaseModel):
+    id: int
+    path: str
+    distance: float  # Euclidean distance between unit vectors, in [0, 2]
+    score: float  # cosine similarity, 1 - distance^2 / 2, in [-1, 1]
+    width: int
+    height: int
+    taken_at: datetime | None = None
+
+
+class FailureInfo(BaseModel):
+    path: str
+    reason: str
+
+
+class IndexStats(BaseModel):
+    index_dir: str
+    photos: int
+    vectors: int
+    failures_count: int
+    dimension: int
+    index_type: str
+    model: str
+    fingerprint: str
+    disk_bytes: int
+    embedding: dict
+    failures: list[FailureInfo] = []
+
+
+class DuplicateGroup(BaseModel):
+    photos: list[SearchResult]  # the first is the group's anchor; distances are to it

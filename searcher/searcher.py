@@ -1,0 +1,161 @@
+"""`Searcher`: embed a query exactly as the index was built, return its nearest Euclidean neighbours."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from indexer.config import RuntimeOptions
+from indexer.embedder import Embedder
+from indexer.errors import ConfigError, IndexMismatchError
+from indexer.images import ImageInput
+from indexer.index import PhotoIndex
+from indexer.model import DiffusionModel
+from indexer.store import Photo
+from indexer.vectors import VECTORS_FILE, VectorStore
+from searcher.results import SearchResult
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+
+
+class Searcher:
+    """Read-only access to an index; safe to share between threads; sees a running indexer's checkpoints."""
+
+    def __init__(
+        self, index_dir: str | os.PathLike, options: RuntimeOptions | None = None, model: DiffusionModel | None = None
+    ) -> None:
+        self.index = PhotoIndex.open(Path(index_dir))
+        settings = self.index.settings
+        self.embedder = Embedder(settings.embedding, options or RuntimeOptions(workers=0), model=model)
+        if self.embedder.fingerprint != settings.fingerprint:
+            raise IndexMismatchError(
+                f"{index_dir} was built with embedder {settings.fingerprint} (model {settings.embedding.model!r}, "
+                f"weights {settings.model_fingerprint}), but that model now loads as {self.embedder.fingerprint} "
+                f"(weights {self.embedder.model.fingerprint}): the model changed on disk; re-index into a new folder"
+            )
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._vectors_stamp: tuple[int, int] | None = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = (self.index.dir / VECTORS_FILE).stat()
+            return stat.st_mtime_ns, stat.st_size
+        except FileNotFoundError:
+            return None
+
+    def _fresh_vectors(self) -> VectorStore:
+        """The vectors, reloaded if an indexer saved a new file since (the rename makes it whole)."""
+        with self._lock:
+            stamp = self._stamp()
+            if stamp != self._vectors_stamp:
+                s = self.index.settings
+                self.index.vectors = VectorStore(self.index.dir / VECTORS_FILE, s.dim, s.index_type)
+                self._vectors_stamp = stamp
+            return self.index.vectors
+
+    def __len__(self) -> int:
+        return len(self._fresh_vectors())
+
+    def embed(self, images: Sequence[ImageInput]) -> npt.NDArray[np.float32]:
+        # One model call at a time: concurrent torch calls on a few cores only thrash each other.
+        with self._model_lock:
+            return self.embedder.embed(images)
+
+    def query(
+        self, image: ImageInput, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None
+    ) -> list[SearchResult]:
+        """The k nearest indexed photos to `image` (a path, bytes, file object, PIL image or array)."""
+        return self.query_batch([image], k, max_distance, path_prefix)[0]
+
+    def query_batch(
+        self,
+        images: Sequence[ImageInput],
+        k: int = 10,
+        max_distance: float | None = None,
+        path_prefix: str | None = None,
+    ) -> list[list[SearchResult]]:
+        return self.query_vectors(self.embed(images), k, max_distance, path_prefix)
+
+    def query_id(
+        self, photo_id: int, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None
+    ) -> list[SearchResult]:
+        """More like an indexed photo (its own stored vector; the photo itself comes first)."""
+        vector = self._fresh_vectors().reconstruct(photo_id)
+        if vector is None:
+            raise KeyError(photo_id)
+        return self.query_vectors(vector[None], k, max_distance, path_prefix)[0]
+
+    def query_vectors(
+        self,
+        vectors: npt.NDArray[np.float32],
+        k: int = 10,
+        max_distance: float | None = None,
+        path_prefix: str | None = None,
+    ) -> list[list[SearchResult]]:
+        if not 1 <= k <= MAX_K:
+            raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
+        if max_distance is not None and max_distance < 0:
+            raise ConfigError(f"max_distance must be >= 0, got {max_distance}")
+        store = self._fresh_vectors()
+        prefix = _normalise_prefix(path_prefix)
+        out = []
+        for vector in vectors:
+            fetch = k if prefix is None else min(len(store), 4 * k)
+            while True:
+                d2, ids = store.search(vector[None], max(fetch, 1))
+                results = self._results(d2[0], ids[0], max_distance, prefix)
+                exhausted = fetch >= len(store) or (max_distance is not None and d2[0][-1] > max_distance**2)
+                if prefix is None or len(results) >= k or exhausted:
+                    break
+                fetch = min(len(store), fetch * 4)
+            out.append(results[:k])
+        return out
+
+    def _results(
+        self, d2: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], max_distance: float | None, prefix: str | None
+    ) -> list[SearchResult]:
+        found = [(int(i), float(np.sqrt(max(float(d), 0.0)))) for d, i in zip(d2, ids) if i >= 0]
+        if max_distance is not None:
+            found = [(i, d) for i, d in found if d <= max_distance]
+        if not found:
+            return []
+        rows = self.photos([i for i, _ in found])
+        results = []
+        for photo_id, distance in found:
+            row = rows.get(photo_id)
+            if row is None or (prefix is not None and not row.path.startswith(prefix)):
+                continue  # a vector whose row a concurrent indexer has not committed or just removed
+            results.append(
+                SearchResult(
+                    id=photo_id, path=row.path, distance=distance, score=1.0 - distance**2 / 2.0,
+                    width=row.width, height=row.height, taken_at=row.taken_at,
+                )  # fmt: skip
+            )
+        return results
+
+    def photos(self, ids: Sequence[int]) -> dict[int, Photo]:
+        with Session(self.index.engine, expire_on_commit=False) as session:
+            return {p.id: p for p in session.scalars(select(Photo).where(Photo.id.in_(list(ids))))}
+
+    def photo(self, photo_id: int) -> Photo | None:
+        return self.photos([photo_id]).get(photo_id)
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def _normalise_prefix(prefix: str | None) -> str | None:
+    if not prefix:
+        return None
+    return str(Path(prefix).expanduser().absolute()) if not prefix.startswith("/") else prefix
