@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -78,7 +78,7 @@ class Embedder:
     @property
     def fingerprint(self) -> str:
         """Identifies the vectors: config + model weights + the projection actually used."""
-        extra = self.projection.key if self.projection is not None else "none"
+        extra = self.projection.digest if self.projection is not None else "none"
         return self.config.fingerprint(f"{self.model.fingerprint}/{extra}")
 
     @property
@@ -108,16 +108,41 @@ class Embedder:
     @torch.no_grad()
     def embed_pixels(self, pixels: torch.Tensor) -> Embedding:
         """(B, 3, S, S) in [0, 1] -> (B, d). Processes in runtime batches; results do not depend on them."""
+        return self.finish(self.pooled_features(self.encode(pixels)))
+
+    def _batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """fn over runtime-sized chunks of x, concatenated. oneDNN takes another bf16 kernel path for
+        a batch of one (~1e-3 off) while batches of two or more give bit-identical rows, so a lone
+        item runs as a pair: a vector never depends on the batch it was computed in."""
         out = []
-        for start in range(0, pixels.shape[0], self.options.batch_size):
-            chunk = pixels[start : start + self.options.batch_size].to(self.device)
+        for start in range(0, x.shape[0], self.options.batch_size):
+            chunk = x[start : start + self.options.batch_size].to(self.device)
             if chunk.shape[0] == 1:
-                # oneDNN takes another bf16 kernel path for a batch of one (~1e-3 off); every batch
-                # of two or more gives bit-identical rows, so a lone image runs as a pair.
-                out.append(self._features(chunk.expand(2, -1, -1, -1))[:1])
+                out.append(fn(chunk.expand(2, *chunk.shape[1:]))[:1])
             else:
-                out.append(self._features(chunk))
-        raw = torch.cat(out).numpy()
+                out.append(fn(chunk))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> x0 in the U-Net's space (float32, on the CPU)."""
+        clock = time.perf_counter()
+
+        def encode_chunk(chunk: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.model.encode(chunk).float().cpu()
+
+        x0 = self._batched(encode_chunk, pixels)
+        self._timed("encode", clock)
+        return x0
+
+    @torch.no_grad()
+    def pooled_features(self, x0: torch.Tensor) -> Embedding:
+        """x0 latents -> concatenated pooled features, before projection and final normalisation."""
+        return self._batched(self._features, x0).numpy()
+
+    def finish(self, raw: Embedding) -> Embedding:
+        """Projection (when the model ships one for this config), then L2 normalisation."""
         if self.projection is not None:
             raw = self.projection.apply(raw)
         return normalise(raw)
@@ -127,19 +152,17 @@ class Embedder:
         self.stage_seconds[stage] += now - started
         return now
 
-    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _features(self, x0: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         clock = time.perf_counter()
-        with self._autocast():
-            x0 = self.model.encode(pixels).float()
-            clock = self._timed("encode", clock)
-            sources: dict[str, torch.Tensor] = {LATENT: x0} if LATENT in cfg.blocks else {}
-            if cfg.uses_unet:
+        sources: dict[str, torch.Tensor] = {LATENT: x0} if LATENT in cfg.blocks else {}
+        if cfg.uses_unet:
+            with self._autocast():
                 xt = invert(self.model, x0, cfg.timestep, cfg.inversion_steps)
                 clock = self._timed("inversion", clock)
                 with capture(self.model.unet, cfg.blocks) as captured:
                     self.model.predict_noise(xt, cfg.timestep)
-                sources.update(captured)
+            sources.update(captured)
         parts = [p for name in cfg.blocks for p in pool(sources[name], cfg.grid, cfg.gap)]
         self._timed("features", clock)
         # Every part is unit length; dividing by sqrt(#parts) keeps the concatenation unit length.

@@ -30,6 +30,7 @@ from torch import nn
 from indexer import taef2
 from indexer.config import DEFAULT_MODEL
 from indexer.errors import ModelLoadError
+from indexer.projection import FOLDER as PROJECTIONS
 from indexer.projection import Projection, load_projections
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ def _fingerprint(path: Path, *parts: str) -> str:
     for part in parts:
         digest.update(part.encode())
     for file in sorted(path.rglob("*")):
+        if PROJECTIONS in file.relative_to(path).parts:
+            continue  # projections are keyed by this fingerprint; the embedder hashes the one it uses
         if file.suffix in (".json", ".txt") and file.is_file():
             digest.update(file.read_bytes())
         elif file.suffix in (".safetensors", ".bin") and file.is_file():

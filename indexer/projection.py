@@ -7,6 +7,7 @@ projection is stored per pre-projection embedding config, keyed by that config's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ class Projection:
     key: str  # fingerprint of the embedding config (projection off) it was fitted for
     mean: npt.NDArray[np.float32]  # (d_in,)
     matrix: npt.NDArray[np.float32]  # (d_in, d_out)
+
+    @property
+    def digest(self) -> str:
+        """Identifies the numbers, not just the config they were fitted for."""
+        return hashlib.sha256(self.mean.tobytes() + self.matrix.tobytes()).hexdigest()[:16]
 
     @property
     def dim(self) -> int:

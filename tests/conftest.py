@@ -49,3 +49,24 @@ def make_photo(path: Path, seed: int, size: tuple[int, int] = (96, 72), fmt: str
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory, sample_photos, embedder):  # noqa: ANN001, ANN201
+    """An index of the bundled sample photos, built once per test session."""
+    from indexer.indexing import index_photos
+    from indexer.settings import Settings
+
+    index_dir = tmp_path_factory.mktemp("sample-index")
+    settings = Settings.load(env={}, index_dir=index_dir, workers=0)
+    summary = index_photos([SAMPLES], settings, embedder=embedder)
+    assert summary.added == len(sample_photos)
+    return index_dir
+
+
+@pytest.fixture(scope="session")
+def searcher(sample_index, default_model):  # noqa: ANN001, ANN201
+    from indexer.config import RuntimeOptions
+    from searcher.searcher import Searcher
+
+    return Searcher(sample_index, RuntimeOptions(device="cpu", workers=0), model=default_model)

@@ -1,0 +1,110 @@
+"""Every endpoint, every bad input the issue names (4xx with a message, never 500), and agreement with Python and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from indexer.settings import Settings
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def client(sample_index, searcher):
+    settings = Settings.load(env={}, index_dir=sample_index, max_upload_mb=1.0)
+    with TestClient(create_app(settings, searcher=searcher), raise_server_exceptions=False) as c:
+        yield c
+
+
+def upload(client, data, name="q.jpg", **params):
+    return client.post("/search", files={"file": (name, data, "image/jpeg")}, params=params)
+
+
+def test_search_upload(client, sample_photos):
+    r = upload(client, sample_photos[3].read_bytes(), k=5)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == 5 and body["data"][0]["path"] == str(sample_photos[3])
+    assert set(body["data"][0]) >= {"id", "path", "distance", "score", "width", "height", "taken_at"}
+
+
+def test_similar_image_thumbnail_stats_health_docs_page(client, sample_photos):
+    first = upload(client, sample_photos[0].read_bytes(), k=1).json()["data"][0]
+    similar = client.get(f"/search/similar/{first['id']}", params={"k": 3}).json()
+    assert similar["count"] == 3 and similar["data"][0]["id"] == first["id"]
+    image = client.get(f"/images/{first['id']}")
+    assert image.status_code == 200 and image.content == sample_photos[0].read_bytes()
+    thumb = client.get(f"/images/{first['id']}/thumbnail", params={"size": 64})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert client.get(f"/images/{first['id']}/thumbnail", params={"size": 64}).content == thumb.content  # cached
+    stats = client.get("/stats").json()
+    assert stats["photos"] == stats["vectors"] == len(sample_photos) and stats["index_type"] == "Flat"
+    assert client.get("/health").json() == {"status": "ok", "photos": len(sample_photos)}
+    assert client.get("/docs").status_code == 200 and "/search" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "drop" in page.text.lower()
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, message",
+    [
+        ({}, 422, "file"),  # no file at all
+        ({"files": {"file": ("q.jpg", b"", "image/jpeg")}}, 400, "empty"),
+        ({"files": {"file": ("q.jpg", b"plain text, not a photo", "image/jpeg")}}, 400, "not an image"),
+        ({"files": {"file": ("q.jpg", b"\xff\xd8\xff" + b"0" * (2 << 20), "image/jpeg")}}, 413, "limit"),
+        ({"files": {"file": ("q.jpg", b"x", "image/jpeg")}, "params": {"k": 0}}, 422, "k"),
+        ({"files": {"file": ("q.jpg", b"x", "image/jpeg")}, "params": {"k": 100000}}, 422, "k"),
+        ({"files": {"file": ("q.jpg", b"x", "image/jpeg")}, "params": {"max_distance": -1}}, 422, "max_distance"),
+    ],
+)
+def test_bad_uploads_get_4xx_with_a_message(client, request_kwargs, status, message):
+    r = client.post("/search", **request_kwargs)
+    assert r.status_code == status, r.text
+    assert message in json.dumps(r.json()["detail"]).lower()
+
+
+@pytest.mark.parametrize(
+    "url, status",
+    [
+        ("/images/999999", 404),
+        ("/images/999999/thumbnail", 404),
+        ("/search/similar/999999", 404),
+        ("/images/abc", 422),
+        ("/images/..%2F..%2F..%2Fetc%2Fpasswd", "4xx"),
+        ("/images/%2Fetc%2Fpasswd", "4xx"),
+        ("/images/../../../../etc/passwd", "4xx"),
+        ("/images/1/thumbnail?size=100000", 422),
+        ("/static/../../etc/passwd", "4xx"),
+    ],
+)
+def test_unknown_ids_and_traversal_serve_nothing(client, url, status):
+    r = client.get(url)
+    assert 400 <= r.status_code < 500 if status == "4xx" else r.status_code == status
+    assert "root:" not in r.text
+
+
+def test_a_deleted_file_is_a_404_not_a_500(client, searcher, tmp_path):
+    rows = searcher.photos(searcher._fresh_vectors().ids()[:1].tolist())
+    row = next(iter(rows.values()))
+    original = row.path
+    os.rename(original, original + ".away")
+    try:
+        assert client.get(f"/images/{row.id}").status_code == 404
+    finally:
+        os.rename(original + ".away", original)
+
+
+def test_http_cli_and_python_agree(client, searcher, sample_index, sample_photos):
+    query = sample_photos[17]
+    python_ids = [r.id for r in searcher.query(query, k=8)]
+    http_ids = [r["id"] for r in upload(client, query.read_bytes(), k=8).json()["data"]]
+    cli = subprocess.run(
+        [sys.executable, "-m", "api", "query", str(query), "-k", "8", "--json", "--index", str(sample_index)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+    )  # fmt: skip
+    cli_ids = [r["id"] for r in json.loads(cli.stdout)["data"]]
+    assert python_ids == http_ids == cli_ids

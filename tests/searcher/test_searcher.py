@@ -1,0 +1,102 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.errors import ConfigError, IndexMismatchError, IndexNotFoundError, InvalidImageError
+from searcher.dedup import find_duplicates
+from searcher.searcher import Searcher
+from tests.conftest import SAMPLES
+
+
+def class_of(path):
+    return path.rsplit("/", 1)[-1].rsplit("_image", 1)[0]
+
+
+def test_a_photo_finds_itself_first_at_distance_zero(searcher, sample_photos):
+    results = searcher.query(sample_photos[5], k=5)
+    assert results[0].path == str(sample_photos[5]) and results[0].distance < 1e-3
+    assert results[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [r.distance for r in results] == sorted(r.distance for r in results)
+    assert results[0].width > 0 and results[0].height > 0
+
+
+def test_results_are_the_exact_euclidean_neighbours(searcher, sample_photos):
+    query = searcher.embed([sample_photos[0]])[0]
+    store = searcher._fresh_vectors()
+    ids = store.ids()
+    all_vectors = np.vstack([store.reconstruct(int(i)) for i in ids])
+    brute = ids[np.argsort(np.linalg.norm(all_vectors - query, axis=1))[:10]]
+    assert [r.id for r in searcher.query(sample_photos[0], k=10)] == brute.tolist()
+
+
+def test_every_input_kind_gives_the_same_results(searcher, sample_photos):
+    path = sample_photos[9]
+    data = path.read_bytes()
+    expected = [r.id for r in searcher.query(path, k=5)]
+    for source in (str(path), data, io.BytesIO(data), Image.open(path), np.asarray(Image.open(path).convert("RGB"))):
+        assert [r.id for r in searcher.query(source, k=5)] == expected
+
+
+def test_query_id_batch_filters(searcher, sample_photos):
+    first = searcher.query(sample_photos[0], k=1)[0]
+    similar = searcher.query_id(first.id, k=4)
+    assert similar[0].id == first.id
+    batch = searcher.query_batch(sample_photos[:3], k=2)
+    assert [b[0].path for b in batch] == [str(p) for p in sample_photos[:3]]
+    assert all(r.distance <= 0.5 for r in searcher.query(sample_photos[0], k=50, max_distance=0.5))
+    prefix = str(SAMPLES / "watch_")
+    filtered = searcher.query(sample_photos[0], k=5, path_prefix=prefix)
+    assert len(filtered) == 5 and all(r.path.startswith(prefix) for r in filtered)
+    with pytest.raises(KeyError):
+        searcher.query_id(10**9)
+
+
+def test_same_class_neighbours_beat_chance(searcher, sample_photos):
+    """8 classes of 8: chance precision@5 (excluding the query) is 1/9. The bundled model must do far better."""
+    hits = []
+    for path in sample_photos[::4]:
+        results = searcher.query(path, k=6)[1:]
+        hits.append(np.mean([class_of(r.path) == class_of(str(path)) for r in results]))
+    assert np.mean(hits) > 0.4
+
+
+def test_bad_queries_raise_library_errors(searcher):
+    with pytest.raises(InvalidImageError):
+        searcher.query(b"not an image")
+    with pytest.raises(ConfigError, match="k must be"):
+        searcher.query_vectors(np.zeros((1, searcher.embedder.dim), np.float32), k=0)
+
+
+def test_missing_index(tmp_path):
+    with pytest.raises(IndexNotFoundError, match="diffsearch index"):
+        Searcher(tmp_path)
+
+
+def test_changed_model_weights_are_refused(sample_index, default_model):
+    from dataclasses import replace
+
+    with pytest.raises(IndexMismatchError, match="model changed on disk"):
+        Searcher(sample_index, model=replace(default_model, fingerprint="0000"))
+
+
+def test_dedup_groups_exact_and_near_copies(tmp_path, embedder):
+    from indexer.indexing import index_photos
+    from indexer.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    originals = sorted(SAMPLES.glob("*.jpg"))[:6]
+    for p in originals:
+        (photos / p.name).write_bytes(p.read_bytes())
+    (photos / "copy_exact.jpg").write_bytes(originals[0].read_bytes())
+    Image.open(originals[1]).save(photos / "copy_recompressed.jpg", quality=85)
+    settings = Settings.load(env={}, index_dir=tmp_path / "index", workers=0)
+    index_photos([photos], settings, embedder=embedder)
+    groups = find_duplicates(Searcher(settings.index_dir, model=embedder.model), threshold=0.3)
+    names = [sorted(p.path.rsplit("/", 1)[-1] for p in g.photos) for g in groups]
+    assert sorted(names) == sorted([sorted(["copy_exact.jpg", originals[0].name]),
+                                    sorted(["copy_recompressed.jpg", originals[1].name])])  # fmt: skip
+    exact = next(g for g in groups if any("copy_exact" in p.path for p in g.photos))
+    assert max(p.distance for p in exact.photos) < 1e-5
