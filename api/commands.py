@@ -135,3 +135,39 @@ def train(
     if card:
         write_model_card(model_dir, run_dir, data_note=f"{len(paths)} photos from {photo_list or photos}")
     typer.echo(f"model written to {model_dir}; index with: diffsearch index PHOTOS --model {model_dir}")
+
+
+@app.command("eval")
+def evaluate_command(
+    root: Annotated[Path, typer.Option(help="Labelled photos: one folder per class")],
+    photo_list: Annotated[Optional[Path], typer.Option("--list", help="Only these photos (lines 'class/file' relative to --root)")] = None,
+    fit_list: Annotated[Optional[Path], typer.Option(help="Photos to learn the whitening on (never the evaluated ones)")] = None,
+    model: Annotated[str, typer.Option(help="Model folder or 'default'")] = "default",
+    config: Annotated[Optional[str], typer.Option(help="Embedding config as JSON (default: the shipped default)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Cache encoded photos here")] = None,
+) -> None:
+    """Class-level retrieval quality (P@1, P@10, mAP, recall@k) with baselines and the U-Net ablation."""
+    import dataclasses
+
+    from indexer.config import EmbeddingConfig
+    from indexer.evaluation import LabelledSet, Variant, evaluate, markdown_table
+    from indexer.model import load_model
+
+    labelled = LabelledSet.from_list(photo_list, root) if photo_list else LabelledSet.from_tree(root)
+    fit = LabelledSet.from_list(fit_list, root, skip=()).paths if fit_list else None
+    chosen = EmbeddingConfig.from_dict({**EmbeddingConfig().to_dict(), **json.loads(config)}) if config else EmbeddingConfig()
+    trained = load_model(model)
+    whiten = chosen.projection and fit is not None
+    unet_blocks = tuple(b for b in chosen.blocks if b != "latent") or chosen.blocks
+    variants = [
+        Variant("colour histogram 8x8x8"),
+        Variant("latent only (no U-Net)", chosen.replace(blocks=("latent",)), trained, whiten=whiten),
+        Variant("U-Net features only", chosen.replace(blocks=unet_blocks), trained, whiten=whiten),
+        Variant("configured embedding", chosen, trained, whiten=whiten),
+    ]
+    results = evaluate(variants, labelled, fit, cache)
+    typer.echo(f"{len(labelled.paths)} queries, {len(labelled.classes)} classes, model {model}\n")
+    typer.echo(markdown_table(results, baseline="latent only (no U-Net)"))
+    if out:
+        out.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2))

@@ -44,6 +44,12 @@ class EmbeddingConfig:
     # Spatial grid pooled per source (g x g average cells), plus global mean when `gap`.
     grid: int = 2
     gap: bool = True
+    # Weight of the U-Net's parts against the latent's in the concatenation (each part is unit
+    # length before weighting, so 1.0 is an equal say per part).
+    unet_weight: float = 1.0
+    # Signed power applied to every activation before pooling: sign(x)|x|^power. Below 1 it damps
+    # the few channels that dominate raw activations (a standard trick for pooled CNN features).
+    power: float = 1.0
     # Apply the model's bundled PCA-whitening projection (if it ships one for this config).
     projection: bool = True
     dtype: Dtype = "bfloat16"
@@ -67,6 +73,10 @@ class EmbeddingConfig:
                 raise ConfigError(f"unknown block {name!r}: use 'latent', 'mid', 'down.N' or 'up.N'")
         if self.grid < 0 or (self.grid == 0 and not self.gap):
             raise ConfigError(f"grid must be >= 0 and grid=0 needs gap=True, got grid={self.grid}, gap={self.gap}")
+        if self.unet_weight < 0:
+            raise ConfigError(f"unet_weight must be >= 0, got {self.unet_weight}")
+        if not 0 < self.power <= 2:
+            raise ConfigError(f"power must be in (0, 2], got {self.power}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 

@@ -163,9 +163,12 @@ class Embedder:
                 with capture(self.model.unet, cfg.blocks) as captured:
                     self.model.predict_noise(xt, cfg.timestep)
             sources.update(captured)
-        parts = [p for name in cfg.blocks for p in pool(sources[name], cfg.grid, cfg.gap)]
+        parts = []
+        for name in cfg.blocks:
+            weight = 1.0 if name == LATENT else cfg.unet_weight
+            parts += [weight * p for p in pool(sources[name], cfg.grid, cfg.gap, cfg.power)]
         self._timed("features", clock)
-        # Every part is unit length; dividing by sqrt(#parts) keeps the concatenation unit length.
+        # Every part is unit length before weighting; `finish` normalises the concatenation.
         return torch.cat(parts, dim=1).cpu() / math.sqrt(len(parts))
 
 

@@ -51,9 +51,14 @@ def capture(unet: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.T
             handle.remove()
 
 
-def pool(x: torch.Tensor, grid: int, gap: bool) -> list[torch.Tensor]:
-    """(B, C, H, W) -> the parts [global mean (B, C)] + [g x g cell means (B, C*g*g)], each L2-normalised."""
+def pool(x: torch.Tensor, grid: int, gap: bool, power: float = 1.0) -> list[torch.Tensor]:
+    """(B, C, H, W) -> the parts [global mean (B, C)] + [g x g cell means (B, C*g*g)], each L2-normalised.
+
+    With power != 1 every activation is first mapped to sign(x)|x|^power.
+    """
     x = x.float()
+    if power != 1.0:
+        x = x.sign() * x.abs().pow(power)
     parts = []
     if gap:
         parts.append(x.mean(dim=(2, 3)))

@@ -52,6 +52,7 @@ class DiffusionModel:
     encode: Callable[[torch.Tensor], torch.Tensor]  # RGB in [0, 1] -> the U-Net's input space
     downscale: int  # image pixels per U-Net input cell
     fingerprint: str
+    encoder_fingerprint: str  # the image -> x0 part alone (what cached latents depend on)
     conditioning: torch.Tensor | None = None  # (1, tokens, dim) for conditional U-Nets
     projections: dict[str, Projection] = field(default_factory=dict)
     modules: list[nn.Module] = field(default_factory=list)  # everything to move with .to()
@@ -180,6 +181,7 @@ def _load_latent_taef2(path: Path, name: str) -> DiffusionModel:
         encode=encode,
         downscale=taef2.DOWNSCALE,
         fingerprint=_fingerprint(path, json.dumps(manifest, sort_keys=True)),
+        encoder_fingerprint=_fingerprint(ae_path, json.dumps([manifest["latent_mean"], manifest["latent_std"]])),
         projections=load_projections(path),
         modules=[encoder, unet],
     )
@@ -200,6 +202,7 @@ def _load_pixel(path: Path, name: str) -> DiffusionModel:
         encode=encode,
         downscale=1,
         fingerprint=_fingerprint(path),
+        encoder_fingerprint="pixels",
         projections=load_projections(path),
         modules=[unet],
     )
@@ -223,6 +226,7 @@ def _load_stable_diffusion(path: Path, name: str) -> DiffusionModel:
         encode=encode,
         downscale=2 ** (len(vae.config.block_out_channels) - 1),
         fingerprint=_fingerprint(path),
+        encoder_fingerprint=_fingerprint(path / "vae"),
         conditioning=_empty_prompt(path, unet),
         projections=load_projections(path),
         modules=[vae, unet],

@@ -1,0 +1,96 @@
+"""Embedding speed by stage on the sample photos, against a CLIP ViT-B/32-sized encoder in the same process.
+
+    python bench/embed.py [--repeat 2]
+
+Stages: decode (read + EXIF + crop), encode (TAEF2), inversion (k DDIM steps), features (one U-Net
+pass + pooling). Rows for k in {0, 1, 3} at two image sizes, bf16 and fp32 for the default. The
+reference is transformers' CLIPVisionModel built from a ViT-B/32 config with random weights (no
+download): same compute as the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from indexer.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
+from indexer.embedder import Embedder  # noqa: E402
+from indexer.images import prepare  # noqa: E402
+from indexer.model import load_model  # noqa: E402
+
+
+def time_decode(photos: list[Path], size: int) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    pixels = torch.stack([prepare(p, size) for p in photos])
+    return pixels, time.perf_counter() - started
+
+
+def bench_config(model, config: EmbeddingConfig, photos: list[Path], repeat: int) -> dict[str, float]:  # noqa: ANN001
+    embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32), model=model)
+    pixels, decode = time_decode(photos, config.image_size)
+    embedder.embed_pixels(pixels[:8])  # warm-up: oneDNN picks its kernels
+    embedder.stage_seconds.clear()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        embedder.embed_pixels(pixels)
+    total = (time.perf_counter() - started) / repeat + decode
+    n = len(photos)
+    row = {"decode": n / decode}
+    for stage in ("encode", "inversion", "features"):
+        seconds = embedder.stage_seconds.get(stage, 0.0) / repeat
+        row[stage] = n / seconds if seconds else float("inf")
+    row["end to end"] = n / total
+    return row
+
+
+def bench_clip(photos: list[Path], repeat: int, bf16: bool) -> dict[str, float]:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    model = CLIPVisionModel(CLIPVisionConfig(image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)).eval()
+    pixels, decode = time_decode(photos, 224)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(pixel_values=pixels[:8])
+        started = time.perf_counter()
+        for _ in range(repeat):
+            for i in range(0, len(pixels), 32):
+                model(pixel_values=pixels[i : i + 32])
+        seconds = (time.perf_counter() - started) / repeat
+    n = len(photos)
+    return {"decode": n / decode, "encode": n / seconds, "inversion": float("nan"), "features": float("nan"), "end to end": n / (seconds + decode)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    photos = sorted((ROOT / "data" / "samples").glob("*.jpg"))
+    model = load_model("default")
+    default = EmbeddingConfig()
+    rows: list[tuple[str, dict[str, float]]] = []
+    rows.append(("CLIP ViT-B/32 (random weights) 224px bf16 [reference]", bench_clip(photos, args.repeat, True)))
+    for size in (default.image_size, 2 * default.image_size):
+        for k in (0, 1, 3):
+            t = default.timestep - default.timestep % max(k, 1)
+            config = default.replace(image_size=size, inversion_steps=k, timestep=t)
+            tag = " [default]" if config == default else ""
+            rows.append((f"diffsearch {size}px k={k} bf16{tag}", bench_config(model, config, photos, args.repeat)))
+    rows.append((f"diffsearch {default.image_size}px k={default.inversion_steps} fp32", bench_config(model, default.replace(dtype="float32"), photos, args.repeat)))
+    reference = rows[0][1]["end to end"]
+    print(f"images/s by stage, {len(photos)} sample photos, {torch.get_num_threads()} threads, batch 32\n")
+    print("| configuration | decode | encode | inversion | features | end to end | vs CLIP |")
+    print("|---|---|---|---|---|---|---|")
+    for name, row in rows:
+        cells = " | ".join("-" if row[k] != row[k] else f"{row[k]:.1f}" for k in ("decode", "encode", "inversion", "features", "end to end"))
+        print(f"| {name} | {cells} | {row['end to end'] / reference:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

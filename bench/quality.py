@@ -1,0 +1,118 @@
+"""Caltech-101 retrieval benchmark: the ablation table in one run, and the hyper-parameter sweep.
+
+    python bench/quality.py --split val --sweep            # choose settings on the validation split
+    python bench/quality.py --split test --with-256        # report once on test, baselines included
+
+Splits come from scripts/caltech_splits.py (val = every 5th train photo per class; the U-Net
+trains on the rest). Prints a Markdown table and writes JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from indexer.config import EmbeddingConfig  # noqa: E402
+from indexer.evaluation import LabelledSet, Variant, evaluate, markdown_table  # noqa: E402
+from indexer.model import DiffusionModel, load_model  # noqa: E402
+from indexer.training.train import TrainConfig, build_unet  # noqa: E402
+
+CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
+SPLITS = ROOT / "bench" / "splits"
+FIT_SUBSET = 1500  # fit-split photos the PCA-whitening is learned on (same for every variant)
+
+
+def random_unet_model(trained: DiffusionModel) -> DiffusionModel:
+    """The trained pipeline with its U-Net swapped for a randomly initialised one of the same shape."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(block_out_channels=tuple(trained.unet.config.block_out_channels))
+    unet = build_unet(cfg).eval().requires_grad_(False)
+    return dataclasses.replace(trained, unet=unet, fingerprint="random-init", projections={}, modules=[unet])
+
+
+def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool) -> list[Variant]:
+    """The rows that show whether the diffusion features earn their place."""
+    unet_blocks = tuple(b for b in chosen.blocks if b != "latent")
+    same_pipeline = dict(whiten=chosen.projection)
+    rows = [Variant("colour histogram 8x8x8", note="classic baseline")]
+    if with_256:
+        rows.append(Variant("TAEF2 latent 256px, 4x4 pooled (reference)", EmbeddingConfig(image_size=256, blocks=("latent",), grid=4, gap=False, projection=False), trained))
+    rows += [
+        Variant("latent only, same pipeline (no U-Net)", chosen.replace(blocks=("latent",)), trained, **same_pipeline),
+        Variant("random-init U-Net, same pipeline", chosen, random_unet_model(trained), **same_pipeline),
+        Variant("trained U-Net features only", chosen.replace(blocks=unet_blocks), trained, **same_pipeline),
+        Variant("trained U-Net + latent (default)", chosen, trained, **same_pipeline),
+    ]
+    return rows
+
+
+def sweep(trained: DiffusionModel, labelled: LabelledSet, fit: list[Path], cache: Path) -> EmbeddingConfig:
+    """Greedy coordinate search on the validation split: blocks, then t, then grid, then whitening, then k."""
+    best = EmbeddingConfig(blocks=("latent", "mid"), timestep=100, inversion_steps=1, grid=2)
+    log = []
+
+    def run(candidates: list[EmbeddingConfig]) -> EmbeddingConfig:
+        variants = [Variant(json.dumps({k: v for k, v in c.to_dict().items() if k in ("blocks", "timestep", "inversion_steps", "grid", "gap", "projection")}), c, trained, whiten=c.projection) for c in candidates]
+        results = evaluate(variants, labelled, fit, cache)
+        for r in results:
+            log.append((r.name, r.metrics))
+            print(f"  {r.metrics['P@10']:.4f}  {r.metrics['mAP']:.4f}  {r.name}", flush=True)
+        return candidates[max(range(len(results)), key=lambda i: results[i].metrics["P@10"])]
+
+    blocks = [("latent",), ("mid",), ("up.0",), ("up.1",), ("down.2",), ("latent", "mid"), ("latent", "up.0"), ("latent", "mid", "up.0"), ("latent", "down.2", "mid"), ("latent", "up.1")]
+    best = run([best.replace(blocks=b) for b in blocks])
+    best = run([best.replace(timestep=t) for t in (20, 50, 100, 200, 250, 500)])
+    best = run([best.replace(grid=g, gap=gap) for g, gap in ((1, False), (2, True), (3, True), (4, True), (4, False))])
+    best = run([best.replace(projection=p) for p in (True, False)])
+    best = run([best.replace(inversion_steps=k) for k in (0, 1, 2) if best.timestep % max(k, 1) == 0])
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "sweep-val.json").write_text(json.dumps({"chosen": best.to_dict(), "runs": log}, indent=2))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--model", default="default", help="trained model folder (default: the bundled one)")
+    parser.add_argument("--config", help="JSON embedding config to report (default: the model's recommended or EmbeddingConfig())")
+    parser.add_argument("--sweep", action="store_true", help="choose the config on this split first")
+    parser.add_argument("--with-256", action="store_true", help="add the 256px TAEF2-latent reference row (slow: 6 img/s)")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "eval-cache")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+
+    started = time.time()
+    labelled = LabelledSet.from_list(SPLITS / f"{args.split}.txt", CALTECH)
+    fit = LabelledSet.from_list(SPLITS / "fit.txt", CALTECH, skip=()).paths
+    fit = fit[:: max(1, len(fit) // FIT_SUBSET)][:FIT_SUBSET]
+    trained = load_model(args.model)
+    if args.config:
+        chosen = EmbeddingConfig.from_dict({**EmbeddingConfig().to_dict(), **json.loads(args.config)})
+    else:
+        chosen = EmbeddingConfig()
+    if args.sweep:
+        chosen = sweep(trained, labelled, fit, args.cache)
+        print("chosen:", json.dumps(chosen.to_dict()))
+    results = evaluate(ablation(chosen, trained, args.with_256), labelled, fit, args.cache)
+    table = markdown_table(results, baseline="latent only, same pipeline (no U-Net)")
+    header = f"Caltech-101 {args.split} split: {len(labelled.paths)} queries, {len(labelled.classes)} classes, Euclidean; model {args.model}; config {json.dumps(chosen.to_dict())}"
+    print(header + "\n\n" + table + f"\n\n({time.time() - started:.0f} s)")
+    out = args.out or ROOT / "bench" / "results" / f"quality-{args.split}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"header": header, "config": chosen.to_dict(), "results": [dataclasses.asdict(r) for r in results]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

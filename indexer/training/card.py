@@ -1,0 +1,121 @@
+"""The model card of a trained model: data, steps, wall time, loss curve and samples decoded by TAEF2."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image, ImageDraw
+
+from indexer.model import MANIFEST, load_model
+from indexer.taef2 import load_decoder
+
+log = logging.getLogger(__name__)
+
+
+def loss_curve_png(losses: list[tuple[int, float]], path: Path, size: tuple[int, int] = (640, 360)) -> None:
+    """Training loss (moving average of 50 steps) against step, drawn with PIL."""
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    if len(losses) < 2:
+        image.save(path)
+        return
+    steps = np.array([s for s, _ in losses], dtype=float)
+    values = np.array([v for _, v in losses], dtype=float)
+    window = min(50, len(values))
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    steps = steps[window - 1 :]
+    left, right, top, bottom = 60, width - 20, 20, height - 40
+    lo, hi = float(smooth.min()), float(np.percentile(smooth, 99))
+    hi = hi if hi > lo else lo + 1e-3
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        x = left + (step - steps[0]) / max(steps[-1] - steps[0], 1) * (right - left)
+        y = bottom - (min(value, hi) - lo) / (hi - lo) * (bottom - top)
+        return x, y
+
+    draw.rectangle((left, top, right, bottom), outline="black")
+    draw.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(42, 109, 244), width=2)
+    for frac in (0.0, 0.5, 1.0):
+        value = lo + frac * (hi - lo)
+        draw.text((4, xy(steps[0], value)[1] - 6), f"{value:.3f}", fill="black")
+    draw.text((left, bottom + 8), f"step {int(steps[0])}", fill="black")
+    draw.text((right - 80, bottom + 8), f"step {int(steps[-1])}", fill="black")
+    draw.text((left + 8, top + 6), "training loss (eps MSE, 50-step mean)", fill="black")
+    image.save(path)
+
+
+@torch.no_grad()
+def sample_grid_png(model_dir: Path, path: Path, n: int = 16, steps: int = 50, seed: int = 0) -> None:
+    """n latents sampled with DDIM from pure noise, de-normalised and decoded by TAEF2, as a 4-wide grid."""
+    model = load_model(str(model_dir))
+    manifest = json.loads((Path(model_dir) / MANIFEST).read_text())
+    decoder = load_decoder((Path(model_dir) / manifest["autoencoder"]).resolve())
+    scheduler = DDIMScheduler.from_config(model.scheduler_config)
+    scheduler.set_timesteps(steps)
+    side = model.unet.config.sample_size
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, model.unet.config.in_channels, side, side), generator=generator)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model.predict_noise(x, int(t)), t, x).prev_sample
+    mean = torch.tensor(manifest["latent_mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(manifest["latent_std"]).view(1, -1, 1, 1)
+    pixels = decoder(x * std + mean).clamp(0, 1)
+    cols = 4
+    rows = (n + cols - 1) // cols
+    tile = pixels.shape[-1]
+    grid = Image.new("RGB", (cols * tile, rows * tile), "white")
+    for i, img in enumerate(pixels):
+        array = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        grid.paste(Image.fromarray(array), ((i % cols) * tile, (i // cols) * tile))
+    grid.save(path)
+
+
+def write_model_card(model_dir: Path, run_dir: Path, data_note: str, extra: str = "") -> Path:
+    """README.md with the facts of the run, loss_curve.png and samples.png, all inside model_dir."""
+    model_dir = Path(model_dir)
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    losses = state["losses"]
+    loss_curve_png(losses, model_dir / "loss_curve.png")
+    sample_grid_png(model_dir, model_dir / "samples.png")
+    cfg = manifest["train_config"]
+    params = sum(p.numel() for p in load_model(str(model_dir)).unet.parameters())
+    final = np.mean([v for _, v in losses[-200:]]) if losses else float("nan")
+    card = f"""# diffsearch latent diffusion U-Net
+
+A diffusers `UNet2DModel` ({params / 1e6:.1f}M parameters, channels {cfg["block_out_channels"]},
+self-attention below full resolution) trained by `diffsearch train` to denoise TAEF2 latents
+(32 channels, {cfg["image_size"] // 8}x{cfg["image_size"] // 8} for {cfg["image_size"]}px photos),
+epsilon prediction, {cfg["beta_schedule"]} schedule with {cfg["num_train_timesteps"]} steps.
+The latents are normalised per channel with the statistics in `diffsearch.json`.
+
+| fact | value |
+|---|---|
+| data | {data_note} (each photo and its mirror image, centre-cropped) |
+| steps | {state["step"]} at batch {cfg["batch_size"]} |
+| wall time | {state["seconds"] / 60:.1f} min training on {"CUDA" if torch.cuda.is_available() else "CPU"} |
+| optimiser | AdamW lr {cfg["lr"]}, warm-up {cfg["warmup_steps"]}, cosine to 10%, weight decay {cfg["weight_decay"]} |
+| EMA | decay {cfg["ema_decay"]} (the exported weights) |
+| final loss | {final:.4f} (mean of the last 200 steps) |
+| seed | {cfg["seed"]} |
+
+![loss curve](loss_curve.png)
+
+16 samples, DDIM 50 steps from pure noise, decoded by TAEF2 (what the model learned about
+photos; it is trained for search features, not for image quality):
+
+![samples](samples.png)
+
+{extra}
+
+Licences: the U-Net weights are this project's (MIT). TAEF2 (`../taef2/`) is MIT, by
+madebyollin. The training photos are Caltech-101 (CC BY 4.0).
+"""
+    (model_dir / "README.md").write_text(card)
+    return model_dir / "README.md"
