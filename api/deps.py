@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from indexer.settings import Settings
 from searcher.searcher import Searcher
@@ -20,3 +20,6 @@ def get_settings(request: Request) -> Settings:
 
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+# SQLite row ids (and so FAISS ids) are positive signed 64-bit integers.
+PhotoId = Annotated[int, Path(ge=1, le=2**63 - 1, description="An indexed photo's id")]

@@ -119,6 +119,8 @@ class VectorStore:
             return int((~keep).sum())
 
     def reconstruct(self, id_: int) -> npt.NDArray[np.float32] | None:
+        if not 0 <= int(id_) < 2**63:
+            return None
         try:
             return self.index.reconstruct(int(id_)).astype(np.float32)
         except RuntimeError:

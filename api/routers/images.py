@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.deps import SearcherDep
+from api.deps import PhotoId, SearcherDep
 from indexer.errors import InvalidImageError
 from indexer.images import load_image
 from indexer.store import Photo
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/images", tags=["images"])
 THUMBNAIL_DIR = "thumbnails"
 
 
-def _indexed_file(searcher: SearcherDep, photo_id: int) -> Photo:
+def _indexed_file(searcher: SearcherDep, photo_id: PhotoId) -> Photo:
     row = searcher.photo(photo_id)
     if row is None:
         raise HTTPException(404, f"no photo with id {photo_id} in the index")
@@ -29,7 +29,7 @@ def _indexed_file(searcher: SearcherDep, photo_id: int) -> Photo:
 
 
 @router.get("/{photo_id}", response_class=FileResponse, responses={404: {"description": "Unknown id"}})
-def image(searcher: SearcherDep, photo_id: int) -> FileResponse:
+def image(searcher: SearcherDep, photo_id: PhotoId) -> FileResponse:
     return FileResponse(_indexed_file(searcher, photo_id).path)
 
 
@@ -44,7 +44,7 @@ def _make_thumbnail(source: str, target: Path, size: int) -> None:
 
 @router.get("/{photo_id}/thumbnail", response_class=FileResponse, responses={404: {"description": "Unknown id"}})
 async def thumbnail(
-    searcher: SearcherDep, photo_id: int, size: Annotated[int, Query(ge=16, le=1024)] = 256
+    searcher: SearcherDep, photo_id: PhotoId, size: Annotated[int, Query(ge=16, le=1024)] = 256
 ) -> FileResponse:
     row = _indexed_file(searcher, photo_id)
     # Keyed by content hash: a changed photo gets a new thumbnail, never a stale one.

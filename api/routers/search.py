@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import SearcherDep, SettingsDep
+from api.deps import PhotoId, SearcherDep, SettingsDep
 from api.schemas import ErrorResponse, SearchResponse
 from searcher.searcher import MAX_K
 
@@ -49,7 +49,7 @@ async def search_upload(
 
 @router.get("/similar/{photo_id}", response_model=SearchResponse, responses=ERRORS)
 def search_similar(
-    searcher: SearcherDep, photo_id: int, k: K = 10, max_distance: MaxDistance = None, path_prefix: PathPrefix = None
+    searcher: SearcherDep, photo_id: PhotoId, k: K = 10, max_distance: MaxDistance = None, path_prefix: PathPrefix = None
 ) -> SearchResponse:
     try:
         results = searcher.query_id(photo_id, k, max_distance, path_prefix)

@@ -1,0 +1,110 @@
+"""The web page in a real headless browser (Debian chromium + chromedriver, driven by Selenium)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from api.app import create_app
+from indexer.settings import Settings
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+ARTIFACTS = ROOT / ".pytest_artifacts"
+
+
+def find_browser() -> tuple[str, str] | None:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser_paths():
+    """Debian's chromium and chromedriver; installed here when the suite runs as root (CI), else skipped."""
+    found = find_browser()
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], env=env, check=False, capture_output=True)
+        found = find_browser()
+    if found is None:
+        pytest.skip("needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def server_url(sample_index, searcher):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Settings.load(env={}, index_dir=sample_index), searcher=searcher)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def driver(browser_paths, tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_paths[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(browser_paths[1]), options=options)
+    yield browser
+    browser.quit()
+
+
+def test_upload_see_results_and_click_to_search_again(driver, server_url, sample_photos):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(server_url + "/")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "stats"), f"{len(sample_photos)} photos indexed"))
+    query = sample_photos[40]
+    driver.find_element(By.ID, "k").clear()
+    driver.find_element(By.ID, "k").send_keys("12")
+    driver.find_element(By.ID, "file").send_keys(str(query))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "12 results for"))
+    hits = driver.find_elements(By.CSS_SELECTOR, ".hit")
+    assert len(hits) == 12
+    assert hits[0].get_attribute("title") == str(query)
+    wait.until(lambda d: d.execute_script("return [...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / "web-search.png"))
+    assert (ARTIFACTS / "web-search.png").stat().st_size > 10_000
+    second = hits[1]
+    second_path = second.get_attribute("title")
+    second.click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), f"like {Path(second_path).name}"))
+    assert driver.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == second_path
+
+
+def test_a_bad_upload_shows_the_error_message(driver, server_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bad = tmp_path / "fake.jpg"
+    bad.write_text("this is not a photo")
+    driver.get(server_url + "/")
+    driver.find_element(By.ID, "file").send_keys(str(bad))
+    WebDriverWait(driver, 30).until(ec.text_to_be_present_in_element((By.ID, "status"), "Error 400"))
+    assert "not an image" in driver.find_element(By.ID, "status").text
