@@ -108,3 +108,16 @@ def test_http_cli_and_python_agree(client, searcher, sample_index, sample_photos
     )  # fmt: skip
     cli_ids = [r["id"] for r in json.loads(cli.stdout)["data"]]
     assert python_ids == http_ids == cli_ids
+
+
+def test_stats_and_dedup_cli(sample_index):
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "api", *a, "--index", str(sample_index)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    stats = json.loads(run("stats", "--json").stdout)
+    assert stats["photos"] == 64 and stats["index_type"] == "Flat" and stats["disk_bytes"] > 0
+    dedup = run("dedup", "--json")
+    assert dedup.returncode == 0 and json.loads(dedup.stdout)["count"] == 0  # the samples are all distinct
+    missing = run("query", str(ROOT / "data" / "samples" / "nope.jpg"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
