@@ -14,6 +14,11 @@ from indexer.errors import DiffsearchError
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
 
+def _echo_list(items: list) -> None:
+    """A list of pydantic models as the API's {data, count} JSON."""
+    typer.echo(json.dumps({"data": [i.model_dump(mode="json") for i in items], "count": len(items)}, indent=2))
+
+
 @app.command()
 def query(
     image: Annotated[Path, typer.Argument(help="The query photo")],
@@ -34,7 +39,7 @@ def query(
         _fail(exc)
         return
     if as_json:
-        typer.echo(json.dumps({"data": [r.model_dump(mode="json") for r in results], "count": len(results)}, indent=2))
+        _echo_list(results)
         return
     for rank, r in enumerate(results, 1):
         typer.echo(f"{rank:>3}  {r.distance:.4f}  {r.path}")
@@ -57,7 +62,7 @@ def dedup(
         _fail(exc)
         return
     if as_json:
-        typer.echo(json.dumps({"data": [g.model_dump(mode="json") for g in groups], "count": len(groups)}, indent=2))
+        _echo_list(groups)
         return
     typer.echo(f"{len(groups)} group(s) under distance {threshold}")
     for n, group in enumerate(groups, 1):

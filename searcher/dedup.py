@@ -48,14 +48,7 @@ def find_duplicates(searcher: Searcher, threshold: float = DEFAULT_THRESHOLD, ne
         vectors = np.vstack([store.reconstruct(i) for i in group])
         distances = np.linalg.norm(vectors - anchor, axis=1)
         rows = searcher.photos(group)
-        photos = [
-            SearchResult(
-                id=i, path=rows[i].path, distance=float(d), score=1.0 - float(d) ** 2 / 2,
-                width=rows[i].width, height=rows[i].height, taken_at=rows[i].taken_at,
-            )  # fmt: skip
-            for i, d in zip(group, distances)
-            if i in rows
-        ]
+        photos = [SearchResult.from_row(rows[i], float(d)) for i, d in zip(group, distances) if i in rows]
         if len(photos) >= 2:
             groups.append(DuplicateGroup(photos=photos))
     return sorted(groups, key=lambda g: (-len(g.photos), g.photos[0].id))

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from indexer.store import Photo
+
 
 class SearchResult(BaseModel):
     id: int
@@ -15,6 +17,14 @@ class SearchResult(BaseModel):
     width: int
     height: int
     taken_at: datetime | None = None
+
+
+    @classmethod
+    def from_row(cls, row: Photo, distance: float) -> SearchResult:
+        return cls(
+            id=row.id, path=row.path, distance=distance, score=1.0 - distance**2 / 2.0,
+            width=row.width, height=row.height, taken_at=row.taken_at,
+        )  # fmt: skip
 
 
 class FailureInfo(BaseModel):

@@ -136,12 +136,7 @@ class Searcher:
             row = rows.get(photo_id)
             if row is None or (prefix is not None and not row.path.startswith(prefix)):
                 continue  # a vector whose row a concurrent indexer has not committed or just removed
-            results.append(
-                SearchResult(
-                    id=photo_id, path=row.path, distance=distance, score=1.0 - distance**2 / 2.0,
-                    width=row.width, height=row.height, taken_at=row.taken_at,
-                )  # fmt: skip
-            )
+            results.append(SearchResult.from_row(row, distance))
         return results
 
     def photos(self, ids: Sequence[int]) -> dict[int, Photo]:
