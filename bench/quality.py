@@ -57,27 +57,39 @@ def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool) -
 
 
 def sweep(trained: DiffusionModel, labelled: LabelledSet, fit: list[Path], cache: Path) -> EmbeddingConfig:
-    """Greedy coordinate search on the validation split: blocks, then t, then grid, then whitening, then k."""
-    best = EmbeddingConfig(blocks=("latent", "mid"), timestep=100, inversion_steps=1, grid=2)
-    log = []
+    """Greedy coordinate search on the validation split, P@10 decides: blocks, U-Net weight, t, pooling, k, whitening.
 
-    def run(candidates: list[EmbeddingConfig]) -> EmbeddingConfig:
-        variants = [Variant(json.dumps({k: v for k, v in c.to_dict().items() if k in ("blocks", "timestep", "inversion_steps", "grid", "gap", "projection")}), c, trained, whiten=c.projection) for c in candidates]
+    The latent-only row is always kept as a candidate, so the sweep can conclude that the U-Net
+    does not help (and then the table says so).
+    """
+    log: list[tuple[str, dict]] = []
+    keys = ("blocks", "unet_weight", "timestep", "inversion_steps", "grid", "gap", "projection")
+
+    def run(candidates: list[EmbeddingConfig], best_so_far: tuple[EmbeddingConfig, float] | None = None) -> tuple[EmbeddingConfig, float]:
+        variants = [Variant(json.dumps({k: v for k, v in c.to_dict().items() if k in keys}), c, trained,
+                            whiten=c.projection, whiten_shrinkage=5.0) for c in candidates]  # fmt: skip
         results = evaluate(variants, labelled, fit, cache)
+        scored = [(c, r.metrics["P@10"]) for c, r in zip(candidates, results)]
         for r in results:
             log.append((r.name, r.metrics))
-            print(f"  {r.metrics['P@10']:.4f}  {r.metrics['mAP']:.4f}  {r.name}", flush=True)
-        return candidates[max(range(len(results)), key=lambda i: results[i].metrics["P@10"])]
+            print(f"  P@10 {r.metrics['P@10']:.4f}  mAP {r.metrics['mAP']:.4f}  {r.name}", flush=True)
+        if best_so_far is not None:
+            scored.append(best_so_far)
+        return max(scored, key=lambda item: item[1])
 
-    blocks = [("latent",), ("mid",), ("up.0",), ("up.1",), ("down.2",), ("latent", "mid"), ("latent", "up.0"), ("latent", "mid", "up.0"), ("latent", "down.2", "mid"), ("latent", "up.1")]
-    best = run([best.replace(blocks=b) for b in blocks])
-    best = run([best.replace(timestep=t) for t in (20, 50, 100, 200, 250, 500)])
-    best = run([best.replace(grid=g, gap=gap) for g, gap in ((1, False), (2, True), (3, True), (4, True), (4, False))])
-    best = run([best.replace(projection=p) for p in (True, False)])
-    best = run([best.replace(inversion_steps=k) for k in (0, 1, 2) if best.timestep % max(k, 1) == 0])
+    base = EmbeddingConfig(blocks=("latent", "up.1"), unet_weight=0.5, timestep=100, inversion_steps=1, grid=4, gap=False, projection=False)
+    blocks = [("latent",), ("latent", "mid"), ("latent", "up.0"), ("latent", "up.1"), ("latent", "down.1"), ("latent", "down.2"), ("latent", "mid", "up.1")]
+    best = run([base.replace(blocks=b) for b in blocks])
+    if best[0].uses_unet:
+        best = run([best[0].replace(unet_weight=w) for w in (0.25, 0.75, 1.0)], best)
+        best = run([best[0].replace(timestep=t) for t in (20, 50, 200, 250) if t != best[0].timestep], best)
+    best = run([best[0].replace(grid=g, gap=gap) for g, gap in ((4, True), (2, True), (3, False))], best)
+    if best[0].uses_unet:
+        best = run([best[0].replace(inversion_steps=k) for k in (0, 2) if best[0].timestep % k == 0 or k == 0], best)
+    best = run([best[0].replace(projection=True)], best)
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "sweep-val.json").write_text(json.dumps({"chosen": best.to_dict(), "runs": log}, indent=2))
-    return best
+    (ROOT / "bench" / "results" / "sweep-val.json").write_text(json.dumps({"chosen": best[0].to_dict(), "val_P@10": best[1], "runs": log}, indent=2))
+    return best[0]
 
 
 def main() -> None:

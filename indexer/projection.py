@@ -53,7 +53,7 @@ class Projection:
 
 
 def fit_projection(
-    features: npt.NDArray[np.float32], key: str, dim: int = 256, shrinkage: float = 0.1
+    features: npt.NDArray[np.float32], key: str, dim: int = 256, shrinkage: float = 5.0
 ) -> Projection:
     """PCA-whitening to `dim` components: each component scaled by 1/sqrt(eigenvalue + shrinkage * mean eigenvalue).
 

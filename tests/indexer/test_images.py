@@ -83,3 +83,11 @@ def test_square_crop_and_prepare(tmp_path):
     assert square_crop(load_image(path)[0], 64).size == (64, 64)
     x = prepare(path, 64)
     assert x.shape == (3, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_heic_via_pillow_heif(tmp_path):
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "phone.heic", format="HEIF")
+    image, info = load_image(tmp_path / "phone.heic")
+    assert image.size == (64, 48) and info.format == "HEIF"
+    r, g, b = image.getpixel((5, 5))
+    assert r > 180 and g < 60 and b < 60

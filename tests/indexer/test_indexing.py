@@ -75,6 +75,7 @@ def test_bad_files_are_skipped_recorded_and_counted(tmp_path, settings, embedder
     make_photo(photos / "good2.webp", 2, fmt="WEBP")
     make_photo(photos / "good3.bmp", 3)
     make_photo(photos / "good4.tiff", 4)
+    Image.new("RGB", (80, 60), "teal").save(photos / "good5.heic", format="HEIF")
     (photos / "zero.jpg").write_bytes(b"")
     good = make_photo(tmp_path / "big.jpg", 5, size=(400, 300)).read_bytes()
     (photos / "truncated.jpg").write_bytes(good[: len(good) // 3])
@@ -92,7 +93,7 @@ def test_bad_files_are_skipped_recorded_and_counted(tmp_path, settings, embedder
     assert expected_failures <= set(reasons)
     assert "empty" in reasons["zero.jpg"] and "not an image" in reasons["notes.png"]
     assert "too large" in reasons["bomb.png"]
-    assert summary.added == 4 + (os.geteuid() == 0)
+    assert summary.added == 5 + (os.geteuid() == 0)
     assert summary.failed == len(reasons)
     index = PhotoIndex.open(settings.index_dir)
     with Session(index.engine) as session:
@@ -115,8 +116,9 @@ def test_symlinks_are_followed_only_when_asked_and_never_loop(tmp_path, settings
 def test_other_settings_fail_with_a_message_naming_both(tmp_path, settings, embedder):
     make_photo(tmp_path / "photos" / "a.png", 1)
     index_photos([tmp_path / "photos"], settings, embedder=embedder)
-    other = Settings.load(env={}, index_dir=settings.index_dir, workers=0, timestep=200)
-    with pytest.raises(IndexMismatchError, match="timestep: index has 100, requested 200"):
+    default_t = settings.embedding_config().timestep
+    other = Settings.load(env={}, index_dir=settings.index_dir, workers=0, timestep=default_t + 50)
+    with pytest.raises(IndexMismatchError, match=f"timestep: index has {default_t}, requested {default_t + 50}"):
         index_photos([tmp_path / "photos"], other, embedder=embedder)
 
 
