@@ -78,11 +78,11 @@ def sweep(trained: DiffusionModel, labelled: LabelledSet, fit: list[Path], cache
         return max(scored, key=lambda item: item[1])
 
     base = EmbeddingConfig(blocks=("latent", "up.1"), unet_weight=0.5, timestep=100, inversion_steps=1, grid=4, gap=False, projection=False)
-    blocks = [("latent",), ("latent", "mid"), ("latent", "up.0"), ("latent", "up.1"), ("latent", "down.1"), ("latent", "down.2"), ("latent", "mid", "up.1")]
+    blocks = [("latent",), ("latent", "mid"), ("latent", "up.0"), ("latent", "up.1"), ("latent", "down.1"), ("latent", "down.2"), ("latent", "mid", "up.1"), ("latent", "x0")]
     best = run([base.replace(blocks=b) for b in blocks])
     if best[0].uses_unet:
         best = run([best[0].replace(unet_weight=w) for w in (0.25, 0.75, 1.0)], best)
-        best = run([best[0].replace(timestep=t) for t in (20, 50, 200, 250) if t != best[0].timestep], best)
+        best = run([best[0].replace(timestep=t) for t in (20, 50, 200, 250, 500) if t != best[0].timestep], best)
     best = run([best[0].replace(grid=g, gap=gap) for g, gap in ((4, True), (2, True), (3, False))], best)
     if best[0].uses_unet:
         best = run([best[0].replace(inversion_steps=k) for k in (0, 2) if best[0].timestep % k == 0 or k == 0], best)

@@ -21,6 +21,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 # Names of the feature sources a config can pool. "latent" is the encoded image itself (no
 # U-Net); the rest are U-Net blocks, indexed from the input side.
 LATENT = "latent"
+PREDICTED_X0 = "x0"  # the U-Net's estimate of the clean latent at t (DDIM eq. 12's "predicted x0")
 BLOCK_PREFIXES = ("down.", "mid", "up.")
 
 DEFAULT_MODEL = "default"
@@ -69,8 +70,8 @@ class EmbeddingConfig:
         if not self.blocks:
             raise ConfigError("blocks must name at least one feature source")
         for name in self.blocks:
-            if name != LATENT and not name.startswith(BLOCK_PREFIXES):
-                raise ConfigError(f"unknown block {name!r}: use 'latent', 'mid', 'down.N' or 'up.N'")
+            if name not in (LATENT, PREDICTED_X0) and not name.startswith(BLOCK_PREFIXES):
+                raise ConfigError(f"unknown block {name!r}: use 'latent', 'x0', 'mid', 'down.N' or 'up.N'")
         if self.grid < 0 or (self.grid == 0 and not self.gap):
             raise ConfigError(f"grid must be >= 0 and grid=0 needs gap=True, got grid={self.grid}, gap={self.gap}")
         if self.unet_weight < 0:

@@ -12,8 +12,9 @@ from contextlib import nullcontext
 import numpy as np
 import numpy.typing as npt
 import torch
+from diffusers import DDIMScheduler
 
-from indexer.config import LATENT, EmbeddingConfig, RuntimeOptions
+from indexer.config import LATENT, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
 from indexer.features import capture, pool
 from indexer.images import ImageInput, prepare
@@ -53,6 +54,7 @@ class Embedder:
         self.model = (model or load_model(self.config.model, self.options.allow_download)).to(self.device)
         self._check_config()
         self.projection = self._find_projection()
+        self._alphas_cumprod = DDIMScheduler.from_config(self.model.scheduler_config).alphas_cumprod
         self.stage_seconds: dict[str, float] = defaultdict(float)
 
     def _check_config(self) -> None:
@@ -147,6 +149,16 @@ class Embedder:
             raw = self.projection.apply(raw)
         return normalise(raw)
 
+    def _predicted_x0(self, xt: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+        """The clean latent the U-Net sees in x_t (DDIM eq. 12), for eps-, v- and sample-prediction models."""
+        alpha = self._alphas_cumprod[self.config.timestep].to(xt.device)
+        kind = self.model.scheduler_config.get("prediction_type", "epsilon")
+        if kind == "sample":
+            return model_output
+        if kind == "v_prediction":
+            return alpha.sqrt() * xt - (1 - alpha).sqrt() * model_output
+        return (xt - (1 - alpha).sqrt() * model_output) / alpha.sqrt()
+
     def _timed(self, stage: str, started: float) -> float:
         now = time.perf_counter()
         self.stage_seconds[stage] += now - started
@@ -161,8 +173,10 @@ class Embedder:
                 xt = invert(self.model, x0, cfg.timestep, cfg.inversion_steps)
                 clock = self._timed("inversion", clock)
                 with capture(self.model.unet, cfg.blocks) as captured:
-                    self.model.predict_noise(xt, cfg.timestep)
+                    noise = self.model.predict_noise(xt, cfg.timestep).float()
             sources.update(captured)
+            if PREDICTED_X0 in cfg.blocks:
+                sources[PREDICTED_X0] = self._predicted_x0(xt.float(), noise)
         parts = []
         for name in cfg.blocks:
             weight = 1.0 if name == LATENT else cfg.unet_weight

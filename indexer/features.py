@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indexer.config import LATENT
+from indexer.config import LATENT, PREDICTED_X0
 from indexer.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def capture(unet: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.T
     store: dict[str, torch.Tensor] = {}
     handles = []
     for name in names:
-        if name == LATENT:
+        if name in (LATENT, PREDICTED_X0):
             continue
 
         def hook(_module: nn.Module, _inputs: object, output: object, name: str = name) -> None:

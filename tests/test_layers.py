@@ -1,0 +1,37 @@
+"""Imports flow one way: api -> searcher -> indexer. A parse of every import keeps it so."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {"indexer": {"searcher", "api"}, "searcher": {"api"}, "api": set()}
+
+
+def imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_upward_imports(package):
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(ROOT)): imported_packages(f) & FORBIDDEN[package] for f in files}
+    assert not {f: bad for f, bad in offenders.items() if bad}
+
+
+def test_library_code_does_not_print():
+    for package in FORBIDDEN:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name in ("cli.py", "commands.py", "__main__.py"):
+                continue  # the CLI's job is to print (through typer.echo)
+            calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"]
+            assert not calls, f"{path} uses print(); use logging"
