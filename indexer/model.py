@@ -169,8 +169,13 @@ def _load_latent_taef2(path: Path, name: str) -> DiffusionModel:
     shift = torch.tensor(manifest["latent_mean"], dtype=torch.float32).view(1, -1, 1, 1)
     scale = torch.tensor(manifest["latent_std"], dtype=torch.float32).view(1, -1, 1, 1)
 
+    # channels_last: ~1.5x faster TAEF2 convolutions on CPU in bf16 (measured; the U-Net is
+    # slower that way, so its input goes back to the default layout).
+    encoder.to(memory_format=torch.channels_last)
+
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        return (encoder(pixels) - shift.to(pixels.device)) / scale.to(pixels.device)
+        latent = encoder(pixels.contiguous(memory_format=torch.channels_last)).contiguous()
+        return (latent - shift.to(pixels.device)) / scale.to(pixels.device)
 
     unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False)
     return DiffusionModel(
