@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,16 +82,22 @@ def plan_run(session: Session, roots: Sequence[Path], files: Sequence[PhotoFile]
                 candidates.append(file)
         elif row.size == file.size and row.mtime == file.mtime:
             plan.unchanged += 1
-        elif _hash_or_none(file, plan) == row.content_hash:
-            plan.touched.append((row.id, file))
         else:
-            plan.stale_ids.append(row.id)
-            plan.replaced.add(str(file.path))
-            plan.to_embed.append(file)
+            digest = _hash_or_none(file, plan)
+            if digest is None:
+                continue  # unreadable now: keep its row and vector, the failure is recorded
+            if digest == row.content_hash:
+                plan.touched.append((row.id, file))
+            else:
+                plan.stale_ids.append(row.id)
+                plan.replaced.add(str(file.path))
+                plan.to_embed.append(file)
     vanished = _by_size_and_hash(rows.values())
     for file in candidates:
         match = vanished.get(file.size)
         digest = _hash_or_none(file, plan) if match else None
+        if match and digest is None:
+            continue  # unreadable: recorded as a failure, not embedded
         if digest and digest in match:
             plan.moved.append((match.pop(digest).id, file))
         else:
@@ -102,9 +108,10 @@ def plan_run(session: Session, roots: Sequence[Path], files: Sequence[PhotoFile]
     return plan
 
 
-def _by_size_and_hash(rows: Sequence[Photo] | object) -> dict[int, dict[str, Photo]]:
+def _by_size_and_hash(rows: Iterable[Photo]) -> dict[int, dict[str, Photo]]:
+    """Rows whose file vanished, by size then content hash: where a moved photo is looked up."""
     out: dict[int, dict[str, Photo]] = defaultdict(dict)
-    for row in rows:  # type: ignore[attr-defined]
+    for row in rows:
         out[row.size][row.content_hash] = row
     return out
 
