@@ -42,7 +42,9 @@ def random_unet_model(trained: DiffusionModel) -> DiffusionModel:
 
 def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool) -> list[Variant]:
     """The rows that show whether the diffusion features earn their place."""
-    unet_blocks = tuple(b for b in chosen.blocks if b != "latent")
+    unet_blocks = tuple(b for b in chosen.blocks if b != "latent") or ("mid",)
+    if not chosen.uses_unet:
+        chosen = chosen.replace(blocks=("latent",) + unet_blocks)
     same_pipeline = dict(whiten=chosen.projection)
     rows = [Variant("colour histogram 8x8x8", note="classic baseline")]
     if with_256:

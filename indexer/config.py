@@ -29,7 +29,11 @@ DEFAULT_MODEL = "default"
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """How an image becomes a vector. Saved beside every index; a mismatch on open is an error."""
+    """How an image becomes a vector. Saved beside every index; a mismatch on open is an error.
+
+    The defaults were chosen on a validation split carved from Caltech-101's train photos
+    (bench/quality.py --sweep; bench/results/sweep-val.json): the best setting that runs the U-Net.
+    """
 
     model: str = DEFAULT_MODEL
     # Side of the square the image is resized and centre-cropped to (pixels). Must be a
@@ -41,13 +45,13 @@ class EmbeddingConfig:
     # DDIM inversion steps from x0 to `timestep` (0: feed the clean latent at `timestep`).
     inversion_steps: int = 1
     # Feature sources, see LATENT and BLOCK_PREFIXES ("latent", "down.1", "mid", "up.0", ...).
-    blocks: tuple[str, ...] = ("latent", "mid", "up.0")
+    blocks: tuple[str, ...] = ("latent", "mid")
     # Spatial grid pooled per source (g x g average cells), plus global mean when `gap`.
-    grid: int = 2
-    gap: bool = True
+    grid: int = 4
+    gap: bool = False
     # Weight of the U-Net's parts against the latent's in the concatenation (each part is unit
     # length before weighting, so 1.0 is an equal say per part).
-    unet_weight: float = 1.0
+    unet_weight: float = 0.25
     # Signed power applied to every activation before pooling: sign(x)|x|^power. Below 1 it damps
     # the few channels that dominate raw activations (a standard trick for pooled CNN features).
     power: float = 1.0

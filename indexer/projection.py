@@ -70,7 +70,7 @@ def fit_projection(
     dim = min(dim, vt.shape[0])
     reg = shrinkage * float(eigenvalues[:dim].mean())
     matrix = vt[:dim].T / np.sqrt(eigenvalues[:dim] + reg)
-    return Projection(key=key, mean=mean.astype(np.float32), matrix=matrix.astype(np.float32))
+    return Projection(key=key, mean=np.ascontiguousarray(mean, np.float32), matrix=np.ascontiguousarray(matrix, np.float32))
 
 
 def load_projections(model_dir: Path) -> dict[str, Projection]:

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY scripts/ship_default_model.py --run "${RUN:-runs/default}"
-$PY bench/quality.py --split val --sweep --out bench/results/quality-val.json | tee bench/results/quality-val.md
+
 CHOSEN=$($PY -c "import json; print(json.dumps(json.load(open('bench/results/sweep-val.json'))['chosen']))")
 $PY bench/quality.py --split test --with-256 --config "$CHOSEN" | tee bench/results/quality-test.md
 $PY scripts/ship_default_model.py --run "${RUN:-runs/default}"

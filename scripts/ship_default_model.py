@@ -61,6 +61,28 @@ def results_section() -> str:
     return "\n\n".join(parts)
 
 
+def fit_default_projection(model_dir: Path) -> None:
+    """PCA-whitening for the default embedding config, learned on the same fit-split photos as in bench/quality.py."""
+    from bench.quality import CALTECH, FIT_SUBSET, SPLITS
+    from indexer.config import EmbeddingConfig, RuntimeOptions
+    from indexer.embedder import Embedder
+    from indexer.evaluation import LabelledSet, encode_set
+    from indexer.model import load_model
+    from indexer.projection import fit_projection
+
+    config = EmbeddingConfig()
+    if not config.projection:
+        return
+    model = load_model(str(model_dir))
+    fit = LabelledSet.from_list(SPLITS / "fit.txt", CALTECH, skip=()).paths
+    fit = fit[:: max(1, len(fit) // FIT_SUBSET)][:FIT_SUBSET]
+    raw_config = config.replace(projection=False)
+    embedder = Embedder(raw_config, RuntimeOptions(device="cpu", batch_size=64), model=model)
+    features = embedder.pooled_features(encode_set(model, fit, config.image_size, ROOT / "runs" / "eval-cache").x0)
+    path = fit_projection(features, key=raw_config.fingerprint(model.fingerprint)).save(model_dir)
+    print(f"projection for the default config: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "default")
@@ -70,6 +92,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     export_checkpoint(args.run, args.out)
     (args.out / "LICENSE").write_text(LICENSE)
+    fit_default_projection(args.out)
     note = "Caltech-101 train split minus the validation split: bench/splits/fit.txt, 4,895 photos (never test)"
     write_model_card(args.out, args.run, data_note=note, extra=results_section())
     print(f"shipped {args.out}")
