@@ -45,7 +45,7 @@ def bench_config(model, config: EmbeddingConfig, photos: list[Path], repeat: int
     row = {"decode": n / decode}
     for stage in ("encode", "inversion", "features"):
         seconds = embedder.stage_seconds.get(stage, 0.0) / repeat
-        row[stage] = n / seconds if seconds else float("inf")
+        row[stage] = n / seconds if seconds > 1e-3 else float("nan")  # k=0 runs no inversion: shown as "-"
     row["end to end"] = n / total
     return row
 

@@ -162,6 +162,7 @@ class IndexRun:
     def run(self, roots: Sequence[Path], prune: bool = True, follow_symlinks: bool = False) -> IndexSummary:
         started = time.perf_counter()
         summary = IndexSummary()
+        stages_before = dict(self.embedder.stage_seconds)  # the embedder may have run before
         self.index.reconcile()
         roots = [Path(r).expanduser().absolute() for r in roots]
         files = list(tqdm(walk_photos(roots, follow_symlinks), desc="scanning", unit=" files", leave=False))
@@ -172,7 +173,9 @@ class IndexRun:
         self._embed(plan.to_embed, plan.replaced, summary)
         summary.embedded_seconds = time.perf_counter() - embed_started
         summary.seconds = time.perf_counter() - started
-        summary.stage_seconds.update(self.embedder.stage_seconds)
+        summary.stage_seconds = {
+            stage: seconds - stages_before.get(stage, 0.0) for stage, seconds in self.embedder.stage_seconds.items()
+        }
         return summary
 
     def _apply_plan(self, plan: Plan, summary: IndexSummary) -> None:

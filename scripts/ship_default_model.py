@@ -55,7 +55,10 @@ def results_section() -> str:
                      + markdown_table(rows, baseline="latent only, same pipeline (no U-Net)"))  # fmt: skip
     sweep = ROOT / "bench" / "results" / "sweep-val.json"
     if sweep.is_file():
-        chosen = json.loads(sweep.read_text())["chosen"]
+        data = json.loads(sweep.read_text())
+        chosen = data["chosen"]
+        if "decision" in data:
+            parts.append("**Verdict.** " + data["decision"])
         parts.append("Embedding settings chosen on the validation split (every 5th train photo per class, "
                      f"never trained on): `{json.dumps(chosen)}`. Full sweep: `bench/results/sweep-val.json`.")  # fmt: skip
     return "\n\n".join(parts)

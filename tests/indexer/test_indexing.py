@@ -42,6 +42,7 @@ def test_incremental_add_change_move_delete(tmp_path, settings, embedder):
 
     again = index_photos([photos], settings, embedder=embedder)
     assert (again.added, again.unchanged) == (0, 5)
+    assert first.stage_seconds["encode"] > 0 and again.stage_seconds.get("encode", 0.0) == 0.0  # per run, not cumulative
 
     make_photo(photos / "p0.png", 100)  # changed content
     os.utime(photos / "p0.png", (1, 1))
