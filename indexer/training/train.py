@@ -129,7 +129,7 @@ def train(
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - decay)
         step += 1
-        losses.append((step, float(loss)))
+        losses.append((step, loss.item()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean([l for _, l in losses[-50:]]):.4f}")
         if step % cfg.checkpoint_every == 0:
