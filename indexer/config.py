@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from indexer.errors import ConfigError
@@ -42,8 +42,10 @@ class EmbeddingConfig:
     # Diffusion timestep the U-Net features are read at (0 <= t < num_train_timesteps).
     # Small t keeps the image; large t asks the U-Net to imagine more.
     timestep: int = 100
-    # DDIM inversion steps from x0 to `timestep` (0: feed the clean latent at `timestep`).
-    inversion_steps: int = 1
+    # DDIM inversion steps from x0 to `timestep` (0: feed the clean latent at `timestep`). At the
+    # default small t, inversion barely moves the latent: k=0 and k=1 tie on validation (P@10
+    # 0.4635 both), and k=0 saves a U-Net pass.
+    inversion_steps: int = 0
     # Feature sources, see LATENT and BLOCK_PREFIXES ("latent", "down.1", "mid", "up.0", ...).
     blocks: tuple[str, ...] = ("latent", "mid")
     # Spatial grid pooled per source (g x g average cells), plus global mean when `gap`.
@@ -122,7 +124,6 @@ class RuntimeOptions:
     batch_size: int = 32
     workers: int = 2
     allow_download: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from functools import cached_property
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -83,8 +84,9 @@ class Embedder:
         extra = self.projection.digest if self.projection is not None else "none"
         return self.config.fingerprint(f"{self.model.fingerprint}/{extra}")
 
-    @property
+    @cached_property
     def dim(self) -> int:
+        """Vector length (one dummy forward pass, once, when there is no projection to read it from)."""
         if self.projection is not None:
             return self.projection.dim
         return int(self.embed_pixels(torch.zeros(1, 3, self.config.image_size, self.config.image_size)).shape[1])

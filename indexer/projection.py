@@ -8,7 +8,6 @@ projection is stored per pre-projection embedding config, keyed by that config's
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +83,3 @@ def load_projections(model_dir: Path) -> dict[str, Projection]:
         log.debug("loaded %d projection(s) from %s", len(out), model_dir)
     return out
 
-
-def describe(projections: dict[str, Projection]) -> str:
-    return json.dumps({k: p.dim for k, p in projections.items()})
