@@ -114,14 +114,16 @@ class Embedder:
         """(B, 3, S, S) in [0, 1] -> (B, d). Processes in runtime batches; results do not depend on them."""
         return self.finish(self.pooled_features(self.encode(pixels)))
 
-    def _batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _batched(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pair_singles: bool = True
+    ) -> torch.Tensor:
         """fn over runtime-sized chunks of x, concatenated. oneDNN takes another bf16 kernel path for
         a batch of one (~1e-3 off) while batches of two or more give bit-identical rows, so a lone
         item runs as a pair: a vector never depends on the batch it was computed in."""
         out = []
         for start in range(0, x.shape[0], self.options.batch_size):
             chunk = x[start : start + self.options.batch_size].to(self.device)
-            if chunk.shape[0] == 1:
+            if chunk.shape[0] == 1 and pair_singles:
                 out.append(fn(chunk.expand(2, *chunk.shape[1:]))[:1])
             else:
                 out.append(fn(chunk))
@@ -136,7 +138,7 @@ class Embedder:
             with self._autocast():
                 return self.model.encode(chunk).float().cpu()
 
-        x0 = self._batched(encode_chunk, pixels)
+        x0 = self._batched(encode_chunk, pixels, pair_singles=not self.model.encoder_batch_invariant)
         self._timed("encode", clock)
         return x0
 

@@ -54,6 +54,9 @@ class DiffusionModel:
     fingerprint: str
     encoder_fingerprint: str  # the image -> x0 part alone (what cached latents depend on)
     conditioning: torch.Tensor | None = None  # (1, tokens, dim) for conditional U-Nets
+    # True where the encoder gives bit-identical rows at batch size 1 and above in bf16 (measured
+    # for TAEF2); elsewhere a lone image is encoded as a pair (see Embedder._batched).
+    encoder_batch_invariant: bool = False
     projections: dict[str, Projection] = field(default_factory=dict)
     modules: list[nn.Module] = field(default_factory=list)  # everything to move with .to()
 
@@ -187,6 +190,7 @@ def _load_latent_taef2(path: Path, name: str) -> DiffusionModel:
         downscale=taef2.DOWNSCALE,
         fingerprint=_fingerprint(path, json.dumps(manifest, sort_keys=True)),
         encoder_fingerprint=_fingerprint(ae_path, json.dumps([manifest["latent_mean"], manifest["latent_std"]])),
+        encoder_batch_invariant=True,
         projections=load_projections(path),
         modules=[encoder, unet],
     )
