@@ -14,12 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from indexer.config import EmbeddingConfig
 from indexer.errors import IndexMismatchError, IndexNotFoundError
-from indexer.store import DB_FILE, SCHEMA_VERSION, Failure, Photo, create_schema, open_engine, read_meta, write_meta
+from indexer.store import (
+    DB_FILE,
+    SCHEMA_VERSION,
+    Failure,
+    Photo,
+    create_schema,
+    delete_photos,
+    open_engine,
+    read_meta,
+    write_meta,
+)
 from indexer.vectors import VECTORS_FILE, VectorStore
 
 log = logging.getLogger(__name__)
@@ -88,10 +98,9 @@ class PhotoIndex:
         self.settings = settings
         self.vectors = VectorStore(self.dir / VECTORS_FILE, settings.dim, settings.index_type)
 
-    @classmethod
-    def open(cls, index_dir: Path) -> PhotoIndex:
-        """Open an existing index (for reading, or writing with its stored settings)."""
-        index_dir = Path(index_dir)
+    @staticmethod
+    def _read(index_dir: Path) -> tuple[Engine, IndexSettings]:
+        """The engine and stored settings of an existing index (the vectors are not loaded)."""
         if not (index_dir / DB_FILE).is_file():
             raise IndexNotFoundError(f"no index at {index_dir} (run `diffsearch index PHOTOS --index {index_dir}` first)")
         engine = open_engine(index_dir)
@@ -99,18 +108,25 @@ class PhotoIndex:
         with Session(engine) as session:
             meta = read_meta(session)
         if "embedding" not in meta:
+            engine.dispose()
             raise IndexNotFoundError(f"{index_dir} holds no finished index settings; index some photos into it first")
-        return cls(index_dir, engine, IndexSettings.from_meta(meta))
+        return engine, IndexSettings.from_meta(meta)
+
+    @classmethod
+    def open(cls, index_dir: Path) -> PhotoIndex:
+        """Open an existing index (for reading, or writing with its stored settings)."""
+        engine, settings = cls._read(Path(index_dir))
+        return cls(Path(index_dir), engine, settings)
 
     @classmethod
     def stored_settings(cls, index_dir: Path) -> IndexSettings | None:
         """The settings an existing index was built with, or None where there is no index yet."""
         try:
-            index = cls.open(index_dir)
+            engine, settings = cls._read(Path(index_dir))
         except IndexNotFoundError:
             return None
-        index.close()
-        return index.settings
+        engine.dispose()
+        return settings
 
     @classmethod
     def open_for_writing(cls, index_dir: Path, wanted: IndexSettings) -> PhotoIndex:
@@ -157,9 +173,7 @@ class PhotoIndex:
             self.vectors.save()
         if report.rows_without_vectors:
             with Session(self.engine) as session, session.begin():
-                for chunk in range(0, len(report.rows_without_vectors), 500):
-                    ids = report.rows_without_vectors[chunk : chunk + 500]
-                    session.execute(delete(Photo).where(Photo.id.in_(ids)))
+                delete_photos(session, report.rows_without_vectors)
         return report
 
     def counts(self) -> dict[str, int]:

@@ -30,7 +30,7 @@ from indexer.images import ImageInfo, load_image, square_crop, to_tensor
 from indexer.index import IndexSettings, PhotoIndex
 from indexer.lock import WriteLock
 from indexer.settings import Settings
-from indexer.store import Failure, Photo, photos_under, utcnow
+from indexer.store import Failure, Photo, delete_photos, photos_under, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ class IndexRun:
                 row = session.get(Photo, row_id)
                 assert row is not None
                 row.path, row.size, row.mtime = str(file.path), file.size, file.mtime
-            for chunk in range(0, len(gone), 500):
-                session.execute(delete(Photo).where(Photo.id.in_(gone[chunk : chunk + 500])))
+            delete_photos(session, gone)
             for file, reason in plan.failures:
                 self._record_failure(session, file, reason, summary)
         if gone:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, event, select
+from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, delete, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from indexer.errors import IndexMismatchError
@@ -108,3 +108,9 @@ def photos_under(session: Session, roots: list[Path]) -> dict[str, Photo]:
         query = select(Photo).where((Photo.path == root_str) | Photo.path.startswith(prefix, autoescape=True))
         out.update({p.path: p for p in session.scalars(query)})
     return out
+
+
+def delete_photos(session: Session, ids: list[int], chunk: int = 500) -> None:
+    """Delete rows by id, in chunks that stay under SQLite's bound-parameter limit."""
+    for start in range(0, len(ids), chunk):
+        session.execute(delete(Photo).where(Photo.id.in_(ids[start : start + chunk])))
