@@ -121,6 +121,8 @@ def train(
     image_size: Annotated[int, typer.Option(help="Training crop side in pixels (latents are 1/8)")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from run-dir's checkpoint")] = False,
+    class_weight: Annotated[float, typer.Option(help="Weight of the auxiliary class loss; a photo's folder is its class (0: plain diffusion)")] = 0.0,
+    init_from: Annotated[Optional[Path], typer.Option(help="Start from another run's checkpoint.pt (its EMA weights)")] = None,
     card: Annotated[bool, typer.Option(help="Write the model card, loss curve and sample grid")] = True,
 ) -> None:
     """Train a latent diffusion U-Net on TAEF2 latents of your photos."""
@@ -135,8 +137,8 @@ def train(
         paths += read_list(photo_list, list_root)
     if not paths:
         _fail(ValueError("no photos: give folders, files or --list"))
-    cfg = TrainConfig(max_minutes=minutes, max_steps=steps, batch_size=batch_size, image_size=image_size, seed=seed)
-    model_dir = run_training(paths, out, cfg, run_dir, resume=resume)
+    cfg = TrainConfig(max_minutes=minutes, max_steps=steps, batch_size=batch_size, image_size=image_size, seed=seed, class_weight=class_weight)
+    model_dir = run_training(paths, out, cfg, run_dir, resume=resume, init_from=init_from)
     if card:
         write_model_card(model_dir, run_dir, data_note=f"{len(paths)} photos from {photo_list or photos}")
     typer.echo(f"model written to {model_dir}; index with: diffsearch index PHOTOS --model {model_dir}")
@@ -151,28 +153,23 @@ def evaluate_command(
     config: Annotated[Optional[str], typer.Option(help="Embedding config as JSON (default: the shipped default)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Cache encoded photos here")] = None,
+    with_256: Annotated[bool, typer.Option("--with-256", help="Add the TAEF2 latent at 256px, 4x4 pooled (slow)")] = False,
 ) -> None:
     """Class-level retrieval quality (P@1, P@10, mAP, recall@k) with baselines and the U-Net ablation."""
     import dataclasses
 
     from indexer.config import EmbeddingConfig
-    from indexer.evaluation import LabelledSet, Variant, evaluate, markdown_table
+    from indexer.evaluation import BASELINE, LabelledSet, ablation, evaluate, markdown_table
     from indexer.model import load_model
 
     labelled = LabelledSet.from_list(photo_list, root) if photo_list else LabelledSet.from_tree(root)
     fit = LabelledSet.from_list(fit_list, root, skip=()).paths if fit_list else None
     chosen = EmbeddingConfig.from_dict({**EmbeddingConfig().to_dict(), **json.loads(config)}) if config else EmbeddingConfig()
-    trained = load_model(model)
-    whiten = chosen.projection and fit is not None
-    unet_blocks = tuple(b for b in chosen.blocks if b != "latent") or chosen.blocks
-    variants = [
-        Variant("colour histogram 8x8x8"),
-        Variant("latent only (no U-Net)", chosen.replace(blocks=("latent",)), trained, whiten=whiten),
-        Variant("U-Net features only", chosen.replace(blocks=unet_blocks), trained, whiten=whiten),
-        Variant("configured embedding", chosen, trained, whiten=whiten),
-    ]
-    results = evaluate(variants, labelled, fit, cache)
+    if chosen.projection and fit is None:
+        typer.echo("no --fit-list: every row is measured without PCA-whitening (it is learned on those photos)")
+        chosen = chosen.replace(projection=False)
+    results = evaluate(ablation(chosen, load_model(model), with_256), labelled, fit, cache)
     typer.echo(f"{len(labelled.paths)} queries, {len(labelled.classes)} classes, model {model}\n")
-    typer.echo(markdown_table(results, baseline="latent only (no U-Net)"))
+    typer.echo(markdown_table(results, baseline=BASELINE))
     if out:
         out.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2))

@@ -23,46 +23,20 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from indexer.config import EmbeddingConfig  # noqa: E402
-from indexer.evaluation import LabelledSet, Variant, evaluate, markdown_table  # noqa: E402
+from indexer.evaluation import BASELINE, LabelledSet, Variant, ablation, evaluate, markdown_table  # noqa: E402
 from indexer.model import DiffusionModel, load_model  # noqa: E402
-from indexer.training.train import TrainConfig, build_unet  # noqa: E402
 
 CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
 SPLITS = ROOT / "bench" / "splits"
 FIT_SUBSET = 1500  # fit-split photos the PCA-whitening is learned on (same for every variant)
 
 
-def random_unet_model(trained: DiffusionModel) -> DiffusionModel:
-    """The trained pipeline with its U-Net swapped for a randomly initialised one of the same shape."""
-    torch.manual_seed(0)
-    cfg = TrainConfig(block_out_channels=tuple(trained.unet.config.block_out_channels))
-    unet = build_unet(cfg).eval().requires_grad_(False)
-    return dataclasses.replace(trained, unet=unet, fingerprint="random-init", projections={}, modules=[unet])
-
-
-def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool) -> list[Variant]:
-    """The rows that show whether the diffusion features earn their place."""
-    unet_blocks = tuple(b for b in chosen.blocks if b != "latent") or ("mid",)
-    if not chosen.uses_unet:
-        chosen = chosen.replace(blocks=("latent",) + unet_blocks)
-    same_pipeline = dict(whiten=chosen.projection)
-    rows = [Variant("colour histogram 8x8x8", note="classic baseline")]
-    if with_256:
-        rows.append(Variant("TAEF2 latent 256px, 4x4 pooled (reference)", EmbeddingConfig(image_size=256, blocks=("latent",), grid=4, gap=False, projection=False), trained))
-    rows += [
-        Variant("latent only, same pipeline (no U-Net)", chosen.replace(blocks=("latent",)), trained, **same_pipeline),
-        Variant("random-init U-Net, same pipeline", chosen, random_unet_model(trained), **same_pipeline),
-        Variant("trained U-Net features only", chosen.replace(blocks=unet_blocks), trained, **same_pipeline),
-        Variant("trained U-Net + latent (default)", chosen, trained, **same_pipeline),
-    ]
-    return rows
-
-
 def sweep(trained: DiffusionModel, labelled: LabelledSet, fit: list[Path], cache: Path) -> EmbeddingConfig:
     """Greedy coordinate search on the validation split, P@10 decides: blocks, U-Net weight, t, pooling, k, whitening.
 
-    The latent-only row is always kept as a candidate, so the sweep can conclude that the U-Net
-    does not help (and then the table says so).
+    The latent-only row is always a candidate, so the sweep can conclude that the U-Net does not
+    help (and then the table says so). Whitening is on from the start (it won every earlier sweep)
+    and switched off once at the end to check.
     """
     log: list[tuple[str, dict]] = []
     keys = ("blocks", "unet_weight", "timestep", "inversion_steps", "grid", "gap", "projection")
@@ -79,16 +53,17 @@ def sweep(trained: DiffusionModel, labelled: LabelledSet, fit: list[Path], cache
             scored.append(best_so_far)
         return max(scored, key=lambda item: item[1])
 
-    base = EmbeddingConfig(blocks=("latent", "up.1"), unet_weight=0.5, timestep=100, inversion_steps=1, grid=4, gap=False, projection=False)
-    blocks = [("latent",), ("latent", "mid"), ("latent", "up.0"), ("latent", "up.1"), ("latent", "down.1"), ("latent", "down.2"), ("latent", "mid", "up.1"), ("latent", "x0")]
+    base = EmbeddingConfig(blocks=("latent", "mid"), unet_weight=0.5, timestep=100, inversion_steps=0, grid=4, gap=False, projection=True)
+    blocks = [("latent",), ("mid",), ("latent", "mid"), ("latent", "up.0"), ("latent", "up.1"), ("latent", "down.2"), ("mid", "up.0"), ("latent", "mid", "up.0"), ("latent", "x0")]
     best = run([base.replace(blocks=b) for b in blocks])
+    if best[0].uses_unet and "latent" in best[0].blocks:
+        best = run([best[0].replace(unet_weight=w) for w in (0.25, 1.0, 2.0, 4.0) if w != best[0].unet_weight], best)
     if best[0].uses_unet:
-        best = run([best[0].replace(unet_weight=w) for w in (0.25, 0.75, 1.0)], best)
-        best = run([best[0].replace(timestep=t) for t in (20, 50, 200, 250, 500) if t != best[0].timestep], best)
-    best = run([best[0].replace(grid=g, gap=gap) for g, gap in ((4, True), (2, True), (3, False))], best)
+        best = run([best[0].replace(timestep=t) for t in (20, 50, 200, 400) if t != best[0].timestep], best)
+    best = run([best[0].replace(grid=g, gap=gap) for g, gap in ((4, True), (2, True), (1, False), (3, False))], best)
     if best[0].uses_unet:
-        best = run([best[0].replace(inversion_steps=k) for k in (0, 2) if best[0].timestep % k == 0 or k == 0], best)
-    best = run([best[0].replace(projection=True)], best)
+        best = run([best[0].replace(inversion_steps=k) for k in (1, 2) if best[0].timestep % k == 0], best)
+    best = run([best[0].replace(projection=False)], best)
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "sweep-val.json").write_text(json.dumps({"chosen": best[0].to_dict(), "val_P@10": best[1], "runs": log}, indent=2))
     return best[0]
@@ -101,6 +76,7 @@ def main() -> None:
     parser.add_argument("--config", help="JSON embedding config to report (default: the model's recommended or EmbeddingConfig())")
     parser.add_argument("--sweep", action="store_true", help="choose the config on this split first")
     parser.add_argument("--with-256", action="store_true", help="add the 256px TAEF2-latent reference row (slow: 6 img/s)")
+    parser.add_argument("--stage-one", help="model folder of the U-Net before its hybrid stage, for one more ablation row")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "eval-cache")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -119,8 +95,9 @@ def main() -> None:
     if args.sweep:
         chosen = sweep(trained, labelled, fit, args.cache)
         print("chosen:", json.dumps(chosen.to_dict()))
-    results = evaluate(ablation(chosen, trained, args.with_256), labelled, fit, args.cache)
-    table = markdown_table(results, baseline="latent only, same pipeline (no U-Net)")
+    stage_one = load_model(args.stage_one) if args.stage_one else None
+    results = evaluate(ablation(chosen, trained, args.with_256, stage_one), labelled, fit, args.cache)
+    table = markdown_table(results, baseline=BASELINE)
     header = f"Caltech-101 {args.split} split: {len(labelled.paths)} queries, {len(labelled.classes)} classes, Euclidean; model {args.model}; config {json.dumps(chosen.to_dict())}"
     print(header + "\n\n" + table + f"\n\n({time.time() - started:.0f} s)")
     out = args.out or ROOT / "bench" / "results" / f"quality-{args.split}.json"

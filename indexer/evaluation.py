@@ -7,6 +7,7 @@ so an ablation of many variants costs little more than one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -25,8 +26,12 @@ from indexer.errors import InvalidImageError
 from indexer.images import load_image, square_crop, to_tensor
 from indexer.model import DiffusionModel
 from indexer.projection import fit_projection
+from indexer.training.train import TrainConfig, build_unet
 
 log = logging.getLogger(__name__)
+
+BASELINE = "latent only, same pipeline (no U-Net)"
+DEFAULT_ROW = "trained U-Net, chosen config (default)"
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,37 @@ def evaluate(
         log.info("%s: %s", variant.name, {k: round(v, 4) for k, v in metrics.items()})
         results.append(EvalResult(variant.name, metrics, int(vectors.shape[1]), variant.note))
     return results
+
+
+def random_unet_model(trained: DiffusionModel) -> DiffusionModel:
+    """The trained pipeline with its U-Net swapped for a randomly initialised one of the same shape."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(block_out_channels=tuple(trained.unet.config.block_out_channels))
+    unet = build_unet(cfg).eval().requires_grad_(False)
+    return dataclasses.replace(trained, unet=unet, fingerprint="random-init", projections={}, modules=[unet])
+
+
+def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool, stage_one: DiffusionModel | None = None) -> list[Variant]:
+    """The rows that show whether the diffusion features earn their place; the chosen config is the last."""
+    unet_blocks = tuple(b for b in chosen.blocks if b != "latent") or ("mid",)
+    if not chosen.uses_unet:
+        chosen = chosen.replace(blocks=("latent",) + unet_blocks)
+    same_pipeline = dict(whiten=chosen.projection)
+    rows = [Variant("colour histogram 8x8x8", note="classic baseline")]
+    if with_256:
+        rows.append(Variant("TAEF2 latent 256px, 4x4 pooled (reference)", EmbeddingConfig(image_size=256, blocks=("latent",), grid=4, gap=False, projection=False), trained))
+    rows += [
+        Variant(BASELINE, chosen.replace(blocks=("latent",)), trained, **same_pipeline),
+        Variant("random-init U-Net, same pipeline", chosen, random_unet_model(trained), **same_pipeline),
+    ]
+    if stage_one is not None:
+        rows.append(Variant("U-Net after diffusion-only training (stage 1), same pipeline", chosen, stage_one, **same_pipeline))
+    if "latent" in chosen.blocks:
+        rows.append(Variant("trained U-Net features only", chosen.replace(blocks=unet_blocks), trained, **same_pipeline))
+    else:
+        rows.append(Variant("trained U-Net + latent", chosen.replace(blocks=("latent",) + unet_blocks, unet_weight=1.0), trained, **same_pipeline))
+    rows.append(Variant(DEFAULT_ROW, chosen, trained, **same_pipeline))
+    return rows
 
 
 def markdown_table(results: Sequence[EvalResult], baseline: str | None = None) -> str:

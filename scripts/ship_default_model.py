@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from indexer.evaluation import BASELINE  # noqa: E402
 from indexer.training.card import write_model_card  # noqa: E402
 from indexer.training.run import export_checkpoint  # noqa: E402
 
@@ -52,7 +53,7 @@ def results_section() -> str:
 
         rows = [EvalResult(**r) for r in data["results"]]
         parts.append("## Retrieval quality (Caltech-101 test split, reported once)\n\n" + data["header"] + "\n\n"
-                     + markdown_table(rows, baseline="latent only, same pipeline (no U-Net)"))  # fmt: skip
+                     + markdown_table(rows, baseline=BASELINE))  # fmt: skip
     sweep = ROOT / "bench" / "results" / "sweep-val.json"
     if sweep.is_file():
         data = json.loads(sweep.read_text())

@@ -46,7 +46,7 @@ def loss_curve_png(losses: list[tuple[int, float]], path: Path, size: tuple[int,
         draw.text((4, xy(steps[0], value)[1] - 6), f"{value:.3f}", fill="black")
     draw.text((left, bottom + 8), f"step {int(steps[0])}", fill="black")
     draw.text((right - 80, bottom + 8), f"step {int(steps[-1])}", fill="black")
-    draw.text((left + 8, top + 6), "training loss (eps MSE, 50-step mean)", fill="black")
+    draw.text((left + 8, top + 6), "training loss (noise MSE, 50-step mean)", fill="black")
     image.save(path)
 
 
@@ -81,10 +81,20 @@ def write_model_card(model_dir: Path, run_dir: Path, data_note: str, extra: str 
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / MANIFEST).read_text())
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    losses = state["losses"]
+    cfg = manifest["train_config"]
+    losses, steps, seconds, stages = state["losses"], state["step"], state["seconds"], ""
+    init_file = Path(run_dir) / "init.json"
+    if init_file.is_file():  # this run continued another one: count and draw both
+        init = json.loads(init_file.read_text())
+        losses = [(s, v) for s, v in init["losses"]] + [(s + init["steps"], v) for s, v in losses]
+        steps, seconds = steps + init["steps"], seconds + init["seconds"]
+        stages = f"{init['steps']} diffusion-only steps ({init['seconds'] / 60:.0f} min), then {state['step']} here; "
+    if cfg.get("class_weight", 0) > 0:
+        classes = cfg["num_classes"]
+        stages += (f"hybrid steps add a class-prediction loss (weight {cfg['class_weight']}, {classes} folder classes, "
+                   "linear head on the pooled mid block, weighted by alpha_bar(t); the head is not exported)")  # fmt: skip
     loss_curve_png(losses, model_dir / "loss_curve.png")
     sample_grid_png(model_dir, model_dir / "samples.png")
-    cfg = manifest["train_config"]
     params = sum(p.numel() for p in load_model(str(model_dir)).unet.parameters())
     final = np.mean([v for _, v in losses[-200:]]) if losses else float("nan")
     card = f"""# diffsearch latent diffusion U-Net
@@ -98,8 +108,9 @@ The latents are normalised per channel with the statistics in `diffsearch.json`.
 | fact | value |
 |---|---|
 | data | {data_note} (each photo and its mirror image, centre-cropped) |
-| steps | {state["step"]} at batch {cfg["batch_size"]} |
-| wall time | {state["seconds"] / 60:.1f} min training on {"CUDA" if torch.cuda.is_available() else "CPU"} |
+| steps | {steps} at batch {cfg["batch_size"]} |
+| stages | {stages or "one: diffusion loss only"} |
+| wall time | {seconds / 60:.1f} min training on {"CUDA" if torch.cuda.is_available() else "CPU"} |
 | optimiser | AdamW lr {cfg["lr"]}, warm-up {cfg["warmup_steps"]}, cosine to 10%, weight decay {cfg["weight_decay"]} |
 | EMA | decay {cfg["ema_decay"]} (the exported weights) |
 | final loss | {final:.4f} (mean of the last 200 steps) |

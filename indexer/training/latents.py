@@ -46,26 +46,32 @@ def cache_key(paths: Sequence[Path], size: int) -> str:
 @torch.no_grad()
 def encode_photos(
     paths: Sequence[Path], autoencoder_dir: Path, size: int, cache_dir: Path, batch_size: int = 32, workers: int = 2
-) -> npt.NDArray[np.float16]:
-    """Raw latents (2n, 32, size/8, size/8) as float16: rows [0, n) the photos, [n, 2n) their mirrors."""
+) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
+    """Raw latents (2m, 32, size/8, size/8) as float16 and which of the n paths they hold (m of them kept).
+
+    Rows [0, m) are the readable photos in order, [m, 2m) their mirror images; unreadable ones are skipped.
+    """
     cache = Path(cache_dir) / f"latents-{cache_key(paths, size)}.npy"
-    if cache.is_file():
+    kept_file = cache.with_suffix(".kept.npy")
+    if cache.is_file() and kept_file.is_file():
         log.info("using cached latents %s", cache)
-        return np.load(cache)
+        return np.load(cache), np.load(kept_file)
     encoder = load_encoder(autoencoder_dir)
     loader = DataLoader(_Photos(paths, size), batch_size=batch_size, num_workers=workers)
-    plain, mirrored = [], []
+    plain, mirrored, kept = [], [], []
     for pixels, ok in tqdm(loader, desc="encoding photos", unit="batch"):
+        kept.append(ok.numpy())
         pixels = pixels[ok]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             both = encoder(torch.cat([pixels, pixels.flip(3)])).float()
         plain.append(both[: len(pixels)].half().numpy())
         mirrored.append(both[len(pixels) :].half().numpy())
-    latents = np.concatenate(plain + mirrored)
+    latents, mask = np.concatenate(plain + mirrored), np.concatenate(kept)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(kept_file, mask)  # written first: the latents file is what marks the cache complete
     np.save(cache.with_suffix(".tmp.npy"), latents)
     cache.with_suffix(".tmp.npy").rename(cache)
-    return latents
+    return latents, mask
 
 
 def read_list(list_file: Path, root: Path | None = None) -> list[Path]:

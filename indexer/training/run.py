@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -27,20 +28,42 @@ def latent_statistics(latents: np.ndarray) -> tuple[list[float], list[float]]:
     return x.mean(axis=(0, 2, 3)).tolist(), x.std(axis=(0, 2, 3)).tolist()
 
 
+def folder_labels(photos: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
+    """Each photo's class: the name of the folder it is in (Caltech-101, ImageNet-style trees)."""
+    classes = sorted({p.parent.name for p in photos})
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[p.parent.name] for p in photos], dtype=np.int64), classes
+
+
 def run_training(
-    photos: Sequence[Path], out_dir: Path, cfg: TrainConfig, run_dir: Path, resume: bool = False, workers: int = 2
+    photos: Sequence[Path],
+    out_dir: Path,
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    workers: int = 2,
+    init_from: Path | None = None,
 ) -> Path:
-    """Train on `photos` and write the model folder `out_dir`; returns it."""
+    """Train on `photos` and write the model folder `out_dir`; returns it.
+
+    With cfg.class_weight > 0 each photo's folder is its class (the auxiliary loss of train.py).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    latents = encode_photos(photos, TAEF2_DIR, cfg.image_size, run_dir.parent / "cache", workers=workers)
+    latents, kept = encode_photos(photos, TAEF2_DIR, cfg.image_size, run_dir.parent / "cache", workers=workers)
+    labels = None
+    if cfg.class_weight > 0:
+        labels, classes = folder_labels(photos)
+        labels = np.concatenate([labels[kept], labels[kept]])  # the mirrored copies keep their class
+        cfg = dataclasses.replace(cfg, num_classes=len(classes))
+        (run_dir / "classes.json").write_text(json.dumps(classes))
     mean, std = latent_statistics(latents)
     normed = ((latents.astype(np.float32) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]).astype(
         np.float16
     )
-    (run_dir / "stats.json").write_text(json.dumps({"latent_mean": mean, "latent_std": std, "photos": len(photos)}))
-    ema, losses = train(normed, cfg, run_dir, resume=resume)
-    export_model(ema, cfg, mean, std, out_dir, {"photos": len(photos), "wall_minutes": (time.time() - started) / 60})
+    (run_dir / "stats.json").write_text(json.dumps({"latent_mean": mean, "latent_std": std, "photos": int(kept.sum())}))
+    ema, losses = train(normed, cfg, run_dir, resume=resume, labels=labels, init_from=init_from)
+    export_model(ema, cfg, mean, std, out_dir, {"photos": int(kept.sum()), "wall_minutes": (time.time() - started) / 60})
     return out_dir
 
 

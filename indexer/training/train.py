@@ -2,6 +2,12 @@
 
 Short on purpose: a config dataclass, a model factory, one loop. Checkpoints carry their config
 and the whole training state, so `resume=True` continues a stopped run exactly where it was.
+
+With labels and `class_weight > 0` the run is hybrid generative-discriminative (in the spirit of
+HybViT, Yang & Ji 2022): a linear head on the pooled mid block predicts each photo's class from the
+same noisy forward pass that predicts the noise, and its cross-entropy, weighted by the signal
+fraction alpha_bar(t), is added to the noise MSE. The U-Net stays a standard diffusion model (the head
+is not exported); its mid-block features, which search pools, learn what separates photos.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from torch import nn
 from tqdm import tqdm
+
+from indexer.features import capture
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     checkpoint_every: int = 250
     seed: int = 0
+    class_weight: float = 0.0  # weight of the auxiliary class-prediction loss (0: plain diffusion training)
+    num_classes: int = 0  # set from the labels when class_weight > 0
     bf16: bool = True  # autocast on CPU; ~2x faster than fp32 on recent x86
 
     def to_dict(self) -> dict:
@@ -73,6 +84,18 @@ def build_scheduler(cfg: TrainConfig) -> DDPMScheduler:
     )
 
 
+class ClassHead(nn.Module):
+    """Global mean of a block's activations -> dropout -> linear class logits (training only)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.2)
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(hidden.float().mean(dim=(2, 3))))
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to 10% over max_steps."""
     if step < cfg.warmup_steps:
@@ -82,26 +105,50 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def train(
-    latents: npt.NDArray[np.float16], cfg: TrainConfig, run_dir: Path, resume: bool = False
+    latents: npt.NDArray[np.float16],
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    labels: npt.NDArray[np.int64] | None = None,
+    init_from: Path | None = None,
 ) -> tuple[UNet2DModel, list[tuple[int, float]]]:
-    """Train on normalised latents (n, C, h, w); returns the EMA U-Net and the loss curve."""
+    """Train on normalised latents (n, C, h, w); returns the EMA U-Net and the loss curve (noise MSE).
+
+    `labels` (n,) feed the auxiliary class loss when cfg.class_weight > 0. `init_from` starts a new
+    run from another run's checkpoint (its EMA weights), e.g. to add the class loss to a trained model.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = torch.from_numpy(latents)
+    hybrid = cfg.class_weight > 0
+    if hybrid and (labels is None or len(labels) != len(data) or cfg.num_classes <= int(labels.max())):
+        raise ValueError("class_weight > 0 needs one label in [0, num_classes) per latent")
+    targets = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if hybrid else None
     model = build_unet(cfg, data.shape[1]).to(device)
+    if init_from is not None and not (resume and (run_dir / "checkpoint.pt").is_file()):
+        source = torch.load(init_from, map_location=device, weights_only=False)
+        model.load_state_dict(source["ema"])
+        lineage = {"init_from": str(init_from), "steps": source["step"], "seconds": source["seconds"], "losses": source["losses"]}
+        (run_dir / "init.json").write_text(json.dumps(lineage))  # the model card tells both stages
+        log.info("initialised from the EMA weights of %s (step %d)", init_from, source["step"])
     ema = copy.deepcopy(model).requires_grad_(False)
+    head = ClassHead(cfg.block_out_channels[-1], max(cfg.num_classes, 1)).to(device)
     scheduler = build_scheduler(cfg)
     alphas = scheduler.alphas_cumprod.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, losses, spent = 0, [], 0.0
+    params = list(model.parameters()) + (list(head.parameters()) if hybrid else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, losses, class_losses, spent = 0, [], [], 0.0
     ckpt = run_dir / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        if "head" in state:
+            head.load_state_dict(state["head"])
         opt.load_state_dict(state["opt"])
         step, losses, spent = state["step"], state["losses"], state["seconds"]
+        class_losses = state.get("class_losses", [])
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d (%.1f min)", ckpt, step, spent / 60)
     generator = torch.Generator().manual_seed(cfg.seed + step)
@@ -117,12 +164,18 @@ def train(
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM eq. 4
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        with autocast:
+        with autocast, capture(model, ["mid"] if hybrid else []) as hidden:
             pred = model(xt, t).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        total = loss
+        if hybrid:
+            ce = torch.nn.functional.cross_entropy(head(hidden["mid"]), targets[idx].to(device), reduction="none")
+            class_loss = (alphas[t] * ce).mean()  # a photo buried in noise cannot be classified: weight by signal
+            total = loss + cfg.class_weight * class_loss
+            class_losses.append((step + 1, class_loss.item()))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short runs: EMA warms up
@@ -131,21 +184,26 @@ def train(
         step += 1
         losses.append((step, loss.item()))
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean([l for _, l in losses[-50:]]):.4f}")
+        postfix = {"loss": f"{np.mean([l for _, l in losses[-50:]]):.4f}"}
+        if hybrid:
+            postfix["class"] = f"{np.mean([l for _, l in class_losses[-50:]]):.3f}"
+        bar.set_postfix(postfix)
         if step % cfg.checkpoint_every == 0:
-            _checkpoint(ckpt, model, ema, opt, step, losses, time.time() - started, cfg)
+            _checkpoint(ckpt, model, ema, head, opt, step, losses, class_losses, time.time() - started, cfg)
     bar.close()
-    _checkpoint(ckpt, model, ema, opt, step, losses, time.time() - started, cfg)
+    _checkpoint(ckpt, model, ema, head, opt, step, losses, class_losses, time.time() - started, cfg)
     return ema.cpu(), losses
 
 
-def _checkpoint(path: Path, model, ema, opt, step: int, losses, seconds: float, cfg: TrainConfig) -> None:  # noqa: ANN001
+def _checkpoint(path: Path, model, ema, head, opt, step: int, losses, class_losses, seconds: float, cfg: TrainConfig) -> None:  # noqa: ANN001
     state = {
         "model": model.state_dict(),
         "ema": ema.state_dict(),
+        "head": head.state_dict(),
         "opt": opt.state_dict(),
         "step": step,
         "losses": losses,
+        "class_losses": class_losses,
         "seconds": seconds,
         "rng": torch.get_rng_state(),
         "config": cfg.to_dict(),

@@ -1,6 +1,9 @@
 """A tiny real training run: latents cached, steps taken, resume continues, a loadable model folder + card."""
 
 import json
+import shutil
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,8 @@ from indexer.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedder import Embedder
 from indexer.model import load_model
 from indexer.training.card import write_model_card
-from indexer.training.run import run_training
+from indexer.training.latents import encode_photos
+from indexer.training.run import TAEF2_DIR, folder_labels, run_training
 from indexer.training.train import TrainConfig, learning_rate
 
 pytestmark = pytest.mark.slow
@@ -21,7 +25,7 @@ def test_train_resume_export_and_card(tmp_path, sample_photos):
     out, run = tmp_path / "model", tmp_path / "runs" / "r"
     run_training(sample_photos[:12], out, cfg, run, workers=0)
     assert json.loads((run / "progress.json").read_text())["step"] == 3
-    cached = list((tmp_path / "runs" / "cache").glob("latents-*.npy"))
+    cached = [p for p in (tmp_path / "runs" / "cache").glob("latents-*.npy") if not p.name.endswith(".kept.npy")]
     assert len(cached) == 1 and np.load(cached[0]).shape == (24, 32, 8, 8)  # each photo and its mirror
 
     longer = TrainConfig(**{**cfg.to_dict(), "block_out_channels": (32, 64), "max_steps": 5})
@@ -47,3 +51,55 @@ def test_learning_rate_warms_up_then_decays():
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
     assert learning_rate(cfg, 10) == pytest.approx(1e-3)
     assert learning_rate(cfg, 110) == pytest.approx(1e-4)
+
+
+def _two_classes(tmp_path, sample_photos):
+    """Six photos in folder a/, five in b/ plus an empty file there that cannot be read."""
+    paths = []
+    for i, photo in enumerate(sample_photos[:11]):
+        folder = tmp_path / "photos" / ("a" if i < 6 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        paths.append(Path(shutil.copy(photo, folder / photo.name)))
+    (tmp_path / "photos" / "b" / "empty.jpg").write_bytes(b"")
+    return paths[:8] + [tmp_path / "photos" / "b" / "empty.jpg"] + paths[8:]
+
+
+def test_unreadable_photos_are_left_out_and_recorded(tmp_path, sample_photos):
+    paths = _two_classes(tmp_path, sample_photos)
+    latents, kept = encode_photos(paths, TAEF2_DIR, 64, tmp_path / "cache", workers=0)
+    assert kept.tolist() == [True] * 8 + [False] + [True] * 3 and latents.shape[0] == 2 * 11
+    again, kept_again = encode_photos(paths, TAEF2_DIR, 64, tmp_path / "cache", workers=0)  # from the cache
+    assert np.array_equal(again, latents) and np.array_equal(kept_again, kept)
+    labels, classes = folder_labels(paths)
+    assert classes == ["a", "b"] and labels.tolist() == [0] * 6 + [1] * 6
+
+
+def test_hybrid_training_adds_a_class_loss_and_starts_from_a_checkpoint(tmp_path, sample_photos):
+    paths = _two_classes(tmp_path, sample_photos)
+    base = TrainConfig(image_size=64, block_out_channels=(32, 64), batch_size=8, max_steps=2, warmup_steps=1, max_minutes=5)
+    run_training(paths, tmp_path / "plain", base, tmp_path / "runs" / "plain", workers=0)
+    source = torch.load(tmp_path / "runs" / "plain" / "checkpoint.pt", weights_only=False)
+
+    hybrid = TrainConfig(**{**base.to_dict(), "block_out_channels": (32, 64), "class_weight": 0.5, "max_steps": 0})
+    run_training(paths, tmp_path / "hybrid", hybrid, tmp_path / "runs" / "hybrid", workers=0, init_from=tmp_path / "runs" / "plain" / "checkpoint.pt")
+    started = torch.load(tmp_path / "runs" / "hybrid" / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(started["model"][k], source["ema"][k]) for k in source["ema"])  # began at the EMA weights
+    assert started["config"]["num_classes"] == 2
+    assert json.loads((tmp_path / "runs" / "hybrid" / "classes.json").read_text()) == ["a", "b"]
+
+    longer = TrainConfig(**{**hybrid.to_dict(), "block_out_channels": (32, 64), "num_classes": 2, "max_steps": 3})
+    run_training(paths, tmp_path / "hybrid", longer, tmp_path / "runs" / "hybrid", workers=0, resume=True)
+    state = torch.load(tmp_path / "runs" / "hybrid" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and len(state["class_losses"]) == 3 and all(np.isfinite(v) for _, v in state["class_losses"])
+    assert state["head"]["linear.weight"].shape == (2, 64)  # classes x mid-block channels
+    assert load_model(str(tmp_path / "hybrid")).unet.config.block_out_channels == [32, 64]  # a plain UNet2DModel
+    card = write_model_card(tmp_path / "hybrid", tmp_path / "runs" / "hybrid", data_note="11 photos").read_text()
+    assert "| steps | 5 at batch 8 |" in card and "2 diffusion-only steps" in card and "2 folder classes" in card
+
+
+def test_class_loss_needs_one_label_per_latent(tmp_path):
+    from indexer.training.train import train
+
+    cfg = TrainConfig(image_size=64, block_out_channels=(32, 64), batch_size=2, max_steps=1, class_weight=1.0, num_classes=2)
+    with pytest.raises(ValueError, match="one label"):
+        train(np.zeros((4, 32, 8, 8), np.float16), cfg, tmp_path, labels=np.array([0, 1]))
