@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BASELINE = "latent only, same pipeline (no U-Net)"
 DEFAULT_ROW = "trained U-Net, chosen config (default)"
+LATENT_GRID_ROW = "latent only, 4x4 grid, no global mean (its best pooling)"
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,11 @@ def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool, s
         rows.append(Variant("TAEF2 latent 256px, 4x4 pooled (reference)", EmbeddingConfig(image_size=256, blocks=("latent",), grid=4, gap=False, projection=False), trained))
     rows += [
         Variant(BASELINE, chosen.replace(blocks=("latent",)), trained, **same_pipeline),
+    ]
+    best_latent = chosen.replace(blocks=("latent",), grid=4, gap=False)  # the latent's best pooling on val
+    if best_latent != chosen.replace(blocks=("latent",)):
+        rows.append(Variant(LATENT_GRID_ROW, best_latent, trained, **same_pipeline))
+    rows += [
         Variant("random-init U-Net, same pipeline", chosen, random_unet_model(trained), **same_pipeline),
     ]
     if stage_one is not None:

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY scripts/ship_default_model.py --run "${RUN:-runs/default}"
 CHOSEN=$($PY -c "import json; print(json.dumps(json.load(open('bench/results/sweep-val.json'))['chosen']))")
-$PY bench/quality.py --split test --with-256 --config "$CHOSEN" | tee bench/results/quality-test.md
+$PY bench/quality.py --split test --with-256 --config "$CHOSEN" ${STAGE_ONE:+--stage-one "$STAGE_ONE"} | tee bench/results/quality-test.md
 $PY scripts/ship_default_model.py --run "${RUN:-runs/default}"

@@ -88,7 +88,7 @@ def write_model_card(model_dir: Path, run_dir: Path, data_note: str, extra: str 
         init = json.loads(init_file.read_text())
         losses = [(s, v) for s, v in init["losses"]] + [(s + init["steps"], v) for s, v in losses]
         steps, seconds = steps + init["steps"], seconds + init["seconds"]
-        stages = f"{init['steps']} diffusion-only steps ({init['seconds'] / 60:.0f} min), then {state['step']} here; "
+        stages = f"{init['steps']} diffusion-only steps ({init['seconds'] / 60:.0f} min), then {state['step']} more; "
     if cfg.get("class_weight", 0) > 0:
         classes = cfg["num_classes"]
         stages += (f"hybrid steps add a class-prediction loss (weight {cfg['class_weight']}, {classes} folder classes, "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from indexer.config import EmbeddingConfig
-from indexer.evaluation import BASELINE, DEFAULT_ROW, ablation, retrieval_metrics
+from indexer.evaluation import BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, ablation, retrieval_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,9 +37,12 @@ def test_ablation_rows_put_the_chosen_config_last(default_model):
     random_row = next(r for r in rows if r.name.startswith("random-init"))
     assert random_row.model.fingerprint == "random-init" and random_row.config == fused
 
-    unet_only = EmbeddingConfig(blocks=("mid",))
-    names = [r.name for r in ablation(unet_only, default_model, with_256=True, stage_one=default_model)]
+    unet_only = EmbeddingConfig(blocks=("mid",), grid=4, gap=True)
+    rows = ablation(unet_only, default_model, with_256=True, stage_one=default_model)
+    names = [r.name for r in rows]
     assert "trained U-Net + latent" in names and any("stage 1" in n for n in names) and any("256px" in n for n in names)
+    grid_row = next(r for r in rows if r.name == LATENT_GRID_ROW)  # the latent also gets its own best pooling
+    assert grid_row.config.blocks == ("latent",) and not grid_row.config.gap
 
 
 @pytest.mark.slow
