@@ -34,7 +34,7 @@ from indexer.config import EmbeddingConfig  # noqa: E402
 from indexer.evaluation import BASELINE, LATENT_GRID_ROW, LabelledSet, Variant, evaluate, markdown_table  # noqa: E402
 from indexer.model import load_model  # noqa: E402
 from indexer.training.latents import encode_photos, read_list  # noqa: E402
-from indexer.training.run import TAEF2_DIR, export_checkpoint, folder_labels  # noqa: E402
+from indexer.training.run import TAEF2_DIR, export_checkpoint, folder_labels, normalise_latents  # noqa: E402
 from indexer.training.train import TrainConfig, train  # noqa: E402
 
 
@@ -47,14 +47,13 @@ def train_without(held_out: list[str], run_dir: Path, out: Path, init_from: Path
     photos = read_list(SPLITS / "fit.txt", CALTECH)
     latents, kept = encode_photos(photos, TAEF2_DIR, cfg.image_size, ROOT / "runs" / "cache")
     stats = json.loads((init_from.parent / "stats.json").read_text())  # the first stage's normalisation
-    mean, std = np.array(stats["latent_mean"])[:, None, None], np.array(stats["latent_std"])[:, None, None]
     labels, classes = folder_labels(photos)
     labels = np.concatenate([labels[kept], labels[kept]])
     seen = ~np.isin(np.array(classes)[labels], held_out)
     # Re-number the seen classes 0..n-1 so the head has no outputs for the unseen ones.
     seen_ids = {c: i for i, c in enumerate(sorted(set(np.array(classes)[labels[seen]])))}
     targets = np.array([seen_ids[classes[c]] for c in labels[seen]])
-    normed = ((latents[seen].astype(np.float32) - mean) / std).astype(np.float16)
+    normed = normalise_latents(latents[seen], stats["latent_mean"], stats["latent_std"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "stats.json").write_text(json.dumps({**stats, "held_out": held_out}))
     train(normed, dataclasses.replace(cfg, num_classes=len(seen_ids)), run_dir, resume=True, labels=targets, init_from=init_from)

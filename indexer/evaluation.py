@@ -215,15 +215,12 @@ def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool, s
     rows = [Variant("colour histogram 8x8x8", note="classic baseline")]
     if with_256:
         rows.append(Variant("TAEF2 latent 256px, 4x4 pooled (reference)", EmbeddingConfig(image_size=256, blocks=("latent",), grid=4, gap=False, projection=False), trained))
-    rows += [
-        Variant(BASELINE, chosen.replace(blocks=("latent",)), trained, **same_pipeline),
-    ]
-    best_latent = chosen.replace(blocks=("latent",), grid=4, gap=False)  # the latent's best pooling on val
-    if best_latent != chosen.replace(blocks=("latent",)):
+    latent_only = chosen.replace(blocks=("latent",))
+    rows.append(Variant(BASELINE, latent_only, trained, **same_pipeline))
+    best_latent = latent_only.replace(grid=4, gap=False)  # the latent's best pooling on val
+    if best_latent != latent_only:
         rows.append(Variant(LATENT_GRID_ROW, best_latent, trained, **same_pipeline))
-    rows += [
-        Variant("random-init U-Net, same pipeline", chosen, random_unet_model(trained), **same_pipeline),
-    ]
+    rows.append(Variant("random-init U-Net, same pipeline", chosen, random_unet_model(trained), **same_pipeline))
     if stage_one is not None:
         rows.append(Variant("U-Net after diffusion-only training (stage 1), same pipeline", chosen, stage_one, **same_pipeline))
     if "latent" in chosen.blocks:

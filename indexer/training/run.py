@@ -28,6 +28,11 @@ def latent_statistics(latents: np.ndarray) -> tuple[list[float], list[float]]:
     return x.mean(axis=(0, 2, 3)).tolist(), x.std(axis=(0, 2, 3)).tolist()
 
 
+def normalise_latents(latents: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(latents - mean) / std per channel, as float16: the U-Net's input space."""
+    return ((latents.astype(np.float32) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]).astype(np.float16)
+
+
 def folder_labels(photos: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
     """Each photo's class: the name of the folder it is in (Caltech-101, ImageNet-style trees)."""
     classes = sorted({p.parent.name for p in photos})
@@ -58,9 +63,7 @@ def run_training(
         cfg = dataclasses.replace(cfg, num_classes=len(classes))
         (run_dir / "classes.json").write_text(json.dumps(classes))
     mean, std = latent_statistics(latents)
-    normed = ((latents.astype(np.float32) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]).astype(
-        np.float16
-    )
+    normed = normalise_latents(latents, mean, std)
     (run_dir / "stats.json").write_text(json.dumps({"latent_mean": mean, "latent_std": std, "photos": int(kept.sum())}))
     ema, losses = train(normed, cfg, run_dir, resume=resume, labels=labels, init_from=init_from)
     export_model(ema, cfg, mean, std, out_dir, {"photos": int(kept.sum()), "wall_minutes": (time.time() - started) / 60})
