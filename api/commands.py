@@ -164,7 +164,7 @@ def evaluate_command(
 
     labelled = LabelledSet.from_list(photo_list, root) if photo_list else LabelledSet.from_tree(root)
     fit = LabelledSet.from_list(fit_list, root, skip=()).paths if fit_list else None
-    chosen = EmbeddingConfig.from_dict({**EmbeddingConfig().to_dict(), **json.loads(config)}) if config else EmbeddingConfig()
+    chosen = EmbeddingConfig.from_dict(json.loads(config)) if config else EmbeddingConfig()
     if chosen.projection and fit is None:
         typer.echo("no --fit-list: every row is measured without PCA-whitening (it is learned on those photos)")
         chosen = chosen.replace(projection=False)

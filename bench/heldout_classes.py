@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.quality import CALTECH, FIT_SUBSET, SPLITS  # noqa: E402
+from bench.quality import CALTECH, SPLITS, whitening_photos  # noqa: E402
 from indexer.config import EmbeddingConfig  # noqa: E402
 from indexer.evaluation import BASELINE, LATENT_GRID_ROW, LabelledSet, Variant, evaluate, markdown_table  # noqa: E402
 from indexer.model import load_model  # noqa: E402
@@ -76,12 +76,11 @@ def main() -> None:
     train_without(held_out, args.run, model_dir, args.init_from, cfg)
 
     chosen = json.loads(args.config) if args.config else json.loads((ROOT / "bench" / "results" / "sweep-val.json").read_text())["chosen"]
-    config = EmbeddingConfig.from_dict({**EmbeddingConfig().to_dict(), **chosen})
+    config = EmbeddingConfig.from_dict(chosen)
     unet_blocks = tuple(b for b in config.blocks if b != "latent") or ("mid",)
     model = load_model(str(model_dir))
     lines = (SPLITS / "test.txt").read_text().split()
-    fit = LabelledSet.from_list(SPLITS / "fit.txt", CALTECH, skip=()).paths
-    fit = fit[:: max(1, len(fit) // FIT_SUBSET)][:FIT_SUBSET]
+    fit = whitening_photos()
     whiten = {"whiten": config.projection}
     steps = json.loads((args.run / "progress.json").read_text())["step"]
     out = {"held_out": held_out, "hybrid_steps": steps, "config": config.to_dict(), "tables": {}}
@@ -89,7 +88,7 @@ def main() -> None:
               f"Hybrid stage: {steps} steps on the other classes' photos, from {args.init_from}."]  # fmt: skip
     for name, keep in (("unseen classes", True), ("seen classes", False)):
         subset = [ln for ln in lines if (ln.split("/")[0] in held_out) == keep]
-        labelled = LabelledSet._build([CALTECH / ln for ln in subset], [ln.split("/")[0] for ln in subset])
+        labelled = LabelledSet.from_lines(subset, CALTECH)
         variants = [
             Variant(BASELINE, config.replace(blocks=("latent",)), model, **whiten),
             Variant(LATENT_GRID_ROW, config.replace(blocks=("latent",), grid=4, gap=False), model, **whiten),

@@ -31,6 +31,12 @@ SPLITS = ROOT / "bench" / "splits"
 FIT_SUBSET = 1500  # fit-split photos the PCA-whitening is learned on (same for every variant)
 
 
+def whitening_photos() -> list[Path]:
+    """FIT_SUBSET photos spread evenly over the fit split: what every variant's PCA-whitening learns on."""
+    fit = LabelledSet.from_list(SPLITS / "fit.txt", CALTECH, skip=()).paths
+    return fit[:: max(1, len(fit) // FIT_SUBSET)][:FIT_SUBSET]
+
+
 def sweep(trained: DiffusionModel, labelled: LabelledSet, fit: list[Path], cache: Path) -> EmbeddingConfig:
     """Greedy coordinate search on the validation split, P@10 decides: blocks, U-Net weight, t, pooling, k, whitening.
 
@@ -85,11 +91,10 @@ def main() -> None:
 
     started = time.time()
     labelled = LabelledSet.from_list(SPLITS / f"{args.split}.txt", CALTECH)
-    fit = LabelledSet.from_list(SPLITS / "fit.txt", CALTECH, skip=()).paths
-    fit = fit[:: max(1, len(fit) // FIT_SUBSET)][:FIT_SUBSET]
+    fit = whitening_photos()
     trained = load_model(args.model)
     if args.config:
-        chosen = EmbeddingConfig.from_dict({**EmbeddingConfig().to_dict(), **json.loads(args.config)})
+        chosen = EmbeddingConfig.from_dict(json.loads(args.config))  # unnamed settings keep their defaults
     else:
         chosen = EmbeddingConfig()
     if args.sweep:

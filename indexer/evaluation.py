@@ -45,7 +45,11 @@ class LabelledSet:
     def from_list(cls, list_file: Path, root: Path, skip: Sequence[str] = ("BACKGROUND_Google",)) -> LabelledSet:
         """A list file of 'class/name.jpg' lines relative to `root` (folder = class)."""
         lines = [ln.strip() for ln in Path(list_file).read_text().splitlines() if ln.strip()]
-        lines = [ln for ln in lines if ln.split("/")[0] not in skip]
+        return cls.from_lines([ln for ln in lines if ln.split("/")[0] not in skip], root)
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str], root: Path) -> LabelledSet:
+        """'class/name.jpg' entries relative to `root`; the first folder is the class."""
         return cls._build([Path(root) / ln for ln in lines], [ln.split("/")[0] for ln in lines])
 
     @classmethod

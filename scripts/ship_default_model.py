@@ -93,10 +93,10 @@ def results_section() -> str:
 
 def fit_default_projection(model_dir: Path) -> None:
     """PCA-whitening for the default embedding config, learned on the same fit-split photos as in bench/quality.py."""
-    from bench.quality import CALTECH, FIT_SUBSET, SPLITS
+    from bench.quality import whitening_photos
     from indexer.config import EmbeddingConfig, RuntimeOptions
     from indexer.embedder import Embedder
-    from indexer.evaluation import LabelledSet, encode_set
+    from indexer.evaluation import encode_set
     from indexer.model import load_model
     from indexer.projection import fit_projection
 
@@ -104,8 +104,7 @@ def fit_default_projection(model_dir: Path) -> None:
     if not config.projection:
         return
     model = load_model(str(model_dir))
-    fit = LabelledSet.from_list(SPLITS / "fit.txt", CALTECH, skip=()).paths
-    fit = fit[:: max(1, len(fit) // FIT_SUBSET)][:FIT_SUBSET]
+    fit = whitening_photos()
     raw_config = config.replace(projection=False)
     embedder = Embedder(raw_config, RuntimeOptions(device="cpu", batch_size=64), model=model)
     features = embedder.pooled_features(encode_set(model, fit, config.image_size, ROOT / "runs" / "eval-cache").x0)
