@@ -1,33 +1,57 @@
-"""The FastAPI application: model loaded once at start-up, library errors mapped to 4xx in one place."""
+"""The FastAPI application: model loaded once at start-up, library errors mapped to HTTP codes in one place.
+
+Client mistakes are 4xx; faults of the server's own index (damaged, unreadable, read-only when it
+must write) are 503 with a message: never a bare 500, never blamed on the client. Error bodies
+name no server paths. Only the configured Host names are answered (DNS rebinding), and the API
+docs are served from the package, so /docs works offline.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from api.guards import BodyLimit, SecurityHeaders
 from api.routers import images, search, status
 from indexer.errors import (
     ConfigError,
     DiffsearchError,
+    IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
+    IndexReadOnlyError,
     InvalidImageError,
 )
 from indexer.settings import Settings
 from searcher.searcher import Searcher
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 STATUS_FOR = {
     InvalidImageError: 400,
     ConfigError: 422,
-    IndexNotFoundError: 404,
-    IndexMismatchError: 409,
+    IndexNotFoundError: 503,  # the server's own index vanished: not the client's fault
+    IndexMismatchError: 503,
+    IndexCorruptError: 503,
+    IndexReadOnlyError: 503,
 }
+
+
+def scrub(message: str, settings: Settings) -> str:
+    """The message without the server's index path (clients learn nothing of the server's disk)."""
+    for path in {str(Path(settings.index_dir).absolute()), str(settings.index_dir)}:
+        message = message.replace(path, "<index>")
+    return message
 
 
 def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
@@ -39,15 +63,30 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
         if searcher is None:
             app.state.searcher.close()
 
-    app = FastAPI(title="diffsearch", summary="Find similar photos with a diffusion model.", lifespan=lifespan)
+    app = FastAPIOffline(title="diffsearch", summary="Find similar photos with a diffusion model.", lifespan=lifespan)
     app.include_router(search.router)
     app.include_router(images.router)
     app.include_router(status.router)
+    app.add_middleware(BodyLimit, limit_bytes=int(settings.max_upload_mb * 2**20))
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_host_names()))
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(DiffsearchError)
     async def diffsearch_error(_request: Request, exc: DiffsearchError) -> JSONResponse:
-        code = next((c for kind, c in STATUS_FOR.items() if isinstance(exc, kind)), 400)
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        code = next((c for kind, c in STATUS_FOR.items() if isinstance(exc, kind)), 503)
+        headers = {"Retry-After": "30"} if code == 503 else None
+        return JSONResponse({"detail": scrub(str(exc), settings)}, status_code=code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def server_fault(_request: Request, exc: Exception) -> JSONResponse:
+        # A fault of the server (a database error, a full disk): logged in full, answered in one line.
+        log.exception("server fault")
+        detail = f"the server cannot answer right now ({type(exc).__name__}); its log has the details"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": scrub(str(exc.detail), settings)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

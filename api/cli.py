@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -31,6 +32,30 @@ def _settings(**flags: object) -> Settings:
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the work is, so it checkpoints exactly like Ctrl-C does."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
+def one_line(exc: BaseException) -> str:
+    """Any fault a user can meet as one line that says what to do (no traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, DiffsearchError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}: check the permissions of that file or folder"
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None) or exc
+        return f"the index database cannot be used ({str(orig).splitlines()[0]}): run `diffsearch check --repair`"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    return f"{type(exc).__name__}: {exc}"
 
 
 @app.callback()
@@ -72,7 +97,11 @@ def index(
             workers=workers, device=device, checkpoint_every=checkpoint_every, follow_symlinks=follow_symlinks or None,
             allow_download=allow_download,
         )  # fmt: skip
-        summary = index_photos(paths, settings, prune=prune)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            summary = index_photos(paths, settings, prune=prune)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     except DiffsearchError as exc:
         _fail(exc)
         return
@@ -81,38 +110,54 @@ def index(
         f"unchanged {summary.unchanged}, skipped {summary.skipped} (known bad), failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s) -> {settings.index_dir}"
     )
+    if summary.symlinks_skipped:
+        typer.echo(f"  {summary.symlinks_skipped} symbolic link(s) not followed (use --follow-symlinks)")
     for path, reason in summary.failures[:20]:
         typer.echo(f"  failed: {path}: {reason}")
     if len(summary.failures) > 20:
         typer.echo(f"  ... and {len(summary.failures) - 20} more (see `diffsearch stats --failures`)")
+    if summary.kept:
+        typer.echo(f"  kept {summary.kept} indexed photo(s) under folders that could not be read (not pruned)")
+    if summary.missing_roots:
+        typer.secho(f"error: not found, nothing under it was pruned: {', '.join(summary.missing_roots)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
 def check(
     index_dir: IndexOpt = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Fix what is inconsistent")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Fix whatever is damaged (re-embeds what it must)")] = False,
+    device: DeviceOpt = None,
 ) -> None:
-    """Verify that every vector has a row and every row a vector."""
+    """Verify the index: SQLite's integrity check, every vector has a row and every row a finite vector."""
     from indexer.index import PhotoIndex
-    from indexer.lock import WriteLock
 
-    settings = _settings(index_dir=index_dir)
+    settings = _settings(index_dir=index_dir, device=device)
+    if repair:
+        from indexer.indexing import embedder_for
+        from indexer.repair import repair_index
+
+        try:
+            done = repair_index(settings.index_dir, lambda stored: embedder_for(settings, stored.embedding), settings.follow_symlinks)
+        except DiffsearchError as exc:
+            _fail(exc)
+            return
+        for action in done.actions:
+            typer.echo(f"  {action}")
     try:
         index = PhotoIndex.open(settings.index_dir)
-        if repair:
-            with WriteLock(settings.index_dir):
-                report = index.reconcile()
-        else:
-            report = index.consistency()
+        try:
+            report = index.consistency(thorough=True)
+        finally:
+            index.close()
     except DiffsearchError as exc:
         _fail(exc)
         return
-    state = "consistent" if report.ok else ("repaired" if repair else "INCONSISTENT")
-    typer.echo(
-        f"{state}: {report.rows} rows, {report.vectors} vectors, {len(report.rows_without_vectors)} rows without "
-        f"a vector, {len(report.vectors_without_rows)} vectors without a row"
-    )
-    if not report.ok and not repair:
+    state = ("repaired" if repair and done.changed else "consistent") if report.ok else "INCONSISTENT"
+    typer.echo(f"{state}: {report.describe()}")
+    if not report.ok:
+        if not repair:
+            typer.echo("run `diffsearch check --repair` to fix it")
         raise typer.Exit(1)
 
 
@@ -139,4 +184,12 @@ def stats(index_dir: IndexOpt = None, as_json: JsonOpt = False, failures: Annota
 def main() -> None:
     from api import commands  # noqa: F401 - registers query/dedup/serve/up/train/eval
 
-    app()
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: finished work was saved; run the same command again to continue", err=True)
+        sys.exit(130)
+    except Exception as exc:  # the last line of defence: a user never sees a traceback for a known fault
+        log.debug("fault", exc_info=True)
+        typer.secho(f"error: {one_line(exc)}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -13,8 +13,9 @@ class SearchResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # "ok" or "degraded"
     photos: int
+    detail: str | None = None
 
 
 class ErrorResponse(BaseModel):

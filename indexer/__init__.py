@@ -8,6 +8,7 @@ from indexer.errors import (
     IndexLockedError,
     IndexMismatchError,
     IndexNotFoundError,
+    IndexReadOnlyError,
     InvalidImageError,
     ModelLoadError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "IndexLockedError",
     "IndexMismatchError",
     "IndexNotFoundError",
+    "IndexReadOnlyError",
     "InvalidImageError",
     "ModelLoadError",
 ]

@@ -38,3 +38,7 @@ class IndexLockedError(DiffsearchError):
 
 class IndexCorruptError(DiffsearchError):
     """SQLite and FAISS disagree in a way `diffsearch check --repair` must fix."""
+
+
+class IndexReadOnlyError(DiffsearchError):
+    """The index must be changed but this process may not write to its folder."""

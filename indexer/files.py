@@ -1,15 +1,18 @@
-"""Finding photos on disk: a recursive walk that skips hidden files and never loops on symlinks."""
+"""Finding photos on disk: a recursive walk that skips hidden files, never loops on symlinks, opens
+only regular files, and reports every root and folder it could not read (so nothing under them is
+mistaken for deleted)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.images import IMAGE_EXTENSIONS
+from indexer.images import IMAGE_EXTENSIONS, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -25,83 +28,152 @@ class PhotoFile:
     mtime: float
 
 
+@dataclass
+class Scan:
+    """What one walk over some roots found, and what it could not look at.
+
+    A photo may only be treated as deleted when its root was listed and no folder above it was
+    unreadable: `was_read(path)` says so.
+    """
+
+    files: list[PhotoFile] = field(default_factory=list)
+    listed_roots: list[Path] = field(default_factory=list)
+    missing_roots: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # folders (or roots) and why
+    rejected: list[tuple[PhotoFile, str]] = field(default_factory=list)  # photo-named non-photos
+    symlinks_skipped: int = 0
+
+    def was_read(self, path: str | Path) -> bool:
+        """True when `path` lies under a listed root and under no folder that could not be read."""
+        path = str(path)
+        if not any(_inside(path, str(root)) for root in self.listed_roots):
+            return False
+        return not any(_inside(path, str(folder)) for folder, _ in self.unreadable)
+
+    @property
+    def seen(self) -> set[str]:
+        return {str(f.path) for f in self.files} | {str(f.path) for f, _ in self.rejected}
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def is_photo_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def walk_photos(roots: Iterable[Path], follow_symlinks: bool = False) -> Iterator[PhotoFile]:
+def scan_photos(roots: Iterable[Path], follow_symlinks: bool = False) -> Scan:
     """Every photo under `roots` (files or folders), absolute paths, sorted within each folder.
 
     Hidden files and folders (names starting with '.') are skipped. Symlinked folders and files
     are followed only with `follow_symlinks`, and a folder reached twice (a link loop, or two
-    links to one place) is walked once.
+    links to one place) is walked once. FIFOs, sockets, devices and broken links that carry a
+    photo's name are reported in `rejected`; they are never opened.
     """
+    scan = Scan()
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[Path] = set()
     for root in roots:
         root = Path(root).expanduser().absolute()
-        if root.is_file():
-            entry = _photo_file(root, follow_symlinks=True)
-            if entry and entry.path not in seen_files:
-                seen_files.add(entry.path)
-                yield entry
+        try:
+            info = root.stat()
+        except OSError as exc:
+            reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot read: {exc.strerror or exc}"
+            log.warning("%s: %s; the photos indexed under it are kept", root, reason)
+            scan.missing_roots.append(root)
+            scan.unreadable.append((root, reason))
             continue
-        if not root.is_dir():
-            log.warning("%s: not a file or folder, skipped", root)
-            continue
-        yield from _walk_dir(root, follow_symlinks, seen_dirs, seen_files)
+        scan.listed_roots.append(root)
+        if stat.S_ISDIR(info.st_mode):
+            _walk_dir(root, follow_symlinks, seen_dirs, seen_files, scan)
+        elif root not in seen_files:
+            seen_files.add(root)
+            _add_entry(root, info, scan, explicit=True)
+    return scan
 
 
-def _walk_dir(
-    root: Path, follow: bool, seen_dirs: set[tuple[int, int]], seen_files: set[Path]
-) -> Iterator[PhotoFile]:
+def walk_photos(roots: Iterable[Path], follow_symlinks: bool = False) -> Iterator[PhotoFile]:
+    """The photos of `scan_photos` (for callers that only read: training, evaluation)."""
+    yield from scan_photos(roots, follow_symlinks).files
+
+
+def _walk_dir(root: Path, follow: bool, seen_dirs: set[tuple[int, int]], seen_files: set[Path], scan: Scan) -> None:
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
-            stat = folder.stat()
-            key = (stat.st_dev, stat.st_ino)
+            info = folder.stat()
+            key = (info.st_dev, info.st_ino)
             if key in seen_dirs:
                 log.info("%s: already walked (symlink loop or duplicate link), skipped", folder)
                 continue
             seen_dirs.add(key)
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            log.warning("%s: cannot read folder (%s), skipped", folder, exc.strerror or exc)
+            reason = f"cannot read folder: {exc.strerror or exc}"
+            log.warning("%s: %s; the photos indexed under it are kept", folder, reason)
+            scan.unreadable.append((folder, reason))
             continue
         subfolders = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
+            path = Path(entry.path)
             try:
-                if entry.is_symlink() and not follow:
-                    continue
+                if entry.is_symlink():
+                    if not follow:
+                        scan.symlinks_skipped += is_photo_name(entry.name) or entry.is_dir()
+                        continue
+                    if not os.path.exists(path):
+                        if is_photo_name(entry.name):
+                            _reject(path, entry.stat(follow_symlinks=False), "broken symbolic link", scan)
+                        continue
                 if entry.is_dir(follow_symlinks=follow):
-                    subfolders.append(Path(entry.path))
-                elif is_photo_name(entry.name):
-                    photo = _photo_file(Path(entry.path), follow)
-                    if photo and photo.path not in seen_files:
-                        seen_files.add(photo.path)
-                        yield photo
+                    subfolders.append(path)
+                elif is_photo_name(entry.name) and path not in seen_files:
+                    seen_files.add(path)
+                    _add_entry(path, entry.stat(follow_symlinks=follow), scan)
             except OSError as exc:
-                log.warning("%s: cannot stat (%s), skipped", entry.path, exc.strerror or exc)
+                if is_photo_name(entry.name):
+                    scan.rejected.append((PhotoFile(path, 0, 0.0), f"cannot stat: {exc.strerror or exc}"))
         stack.extend(reversed(subfolders))
 
 
-def _photo_file(path: Path, follow_symlinks: bool) -> PhotoFile | None:
+def _add_entry(path: Path, info: os.stat_result, scan: Scan, explicit: bool = False) -> None:
+    if not is_photo_name(path.name) and not explicit:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        _reject(path, info, f"not a regular file ({_kind(info.st_mode)})", scan)
+        return
     if not is_photo_name(path.name):
-        return None
-    try:
-        stat = path.stat() if follow_symlinks else path.lstat()
-    except OSError:
-        return None
-    return PhotoFile(path=path, size=stat.st_size, mtime=stat.st_mtime)
+        log.warning("%s: not a photo file name (%s), skipped", path, ", ".join(sorted(IMAGE_EXTENSIONS)))
+        return
+    scan.files.append(PhotoFile(path=path, size=info.st_size, mtime=info.st_mtime))
+
+
+def _reject(path: Path, info: os.stat_result, reason: str, scan: Scan) -> None:
+    log.warning("%s: %s, skipped", path, reason)
+    scan.rejected.append((PhotoFile(path=path, size=info.st_size, mtime=info.st_mtime), reason))
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a link")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def content_hash(path: Path) -> str:
-    """BLAKE2b-128 of the file's bytes: recognises a moved or renamed photo without re-embedding it."""
+    """BLAKE2b-128 of the file's bytes: recognises a moved or renamed photo without re-embedding it.
+
+    Opens regular files only (a FIFO would block forever) and reads no more than stat said.
+    """
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
+    with open_regular(path) as fh:
+        remaining = os.fstat(fh.fileno()).st_size
+        while remaining > 0 and (chunk := fh.read(min(HASH_CHUNK, remaining))):
             digest.update(chunk)
+            remaining -= len(chunk)
     return digest.hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,8 @@ except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
 
 ImageInput = Union[str, os.PathLike, bytes, IO[bytes], Image.Image, npt.NDArray]
 
+# No photo is read past this many bytes (a 1 GiB "photo" is a mistake, not a photo).
+MAX_FILE_BYTES = 512 * 2**20
 # Pillow's own decompression-bomb guard raises above 2x this; we refuse at 1x with our error.
 MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset(
@@ -72,16 +75,39 @@ def _from_array(array: npt.NDArray) -> Image.Image:
     return Image.fromarray(array)
 
 
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """`path` opened for reading, only if it is a regular file (a FIFO, socket or device would block
+    or never end). Opened non-blocking, so even a FIFO that appeared since a stat cannot hang us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket or device"
+            raise NotARegularFileError(f"not a regular file: it is {kind}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class NotARegularFileError(OSError):
+    """A path that is a FIFO, socket, device or folder where a file was expected."""
+
+
 def _open(source: ImageInput) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_file() and path.stat().st_size == 0:
-            raise ValueError("empty file (0 bytes)")
-        return Image.open(path)
+        with open_regular(source) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise ValueError("empty file (0 bytes)")
+            if size > MAX_FILE_BYTES:
+                raise ValueError(f"file too large: {size:,} bytes (limit {MAX_FILE_BYTES:,})")
+            return Image.open(io.BytesIO(fh.read(size)))
     if isinstance(source, bytes):
         if not source:
             raise ValueError("empty input (0 bytes)")
@@ -127,6 +153,8 @@ def load_image(source: ImageInput) -> tuple[Image.Image, ImageInfo]:
         raise InvalidImageError(name, "permission denied") from None
     except IsADirectoryError:
         raise InvalidImageError(name, "is a directory") from None
+    except NotARegularFileError as exc:
+        raise InvalidImageError(name, str(exc)) from None
     except UnidentifiedImageError:
         raise InvalidImageError(name, "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -3,14 +3,18 @@
 A run is planned first (mark and sweep, as rclip does): a file whose size and mtime match its row
 is unchanged; one whose bytes match is touched; one whose bytes changed is replaced (new row id);
 a new path whose bytes match a photo that vanished is a move (the row keeps its vector); what is
-left is new, and rows whose file is gone are pruned. Then the new photos are decoded in worker
+left is new, and rows whose file is gone are pruned, but only where the walk really looked: a
+missing root or an unreadable folder is reported and recorded, and every photo under it is kept
+(an unplugged drive must not empty the index). Then the new photos are decoded in worker
 processes while the model embeds batches, with a checkpoint every N photos or S seconds.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from functools import partial
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,14 +27,15 @@ from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from indexer.config import EmbeddingConfig
 from indexer.embedder import Embedder
-from indexer.errors import InvalidImageError
-from indexer.files import PhotoFile, content_hash, walk_photos
+from indexer.errors import IndexReadOnlyError, InvalidImageError
+from indexer.files import PhotoFile, Scan, content_hash, scan_photos
 from indexer.images import ImageInfo, load_image, square_crop, to_tensor
 from indexer.index import IndexSettings, PhotoIndex
 from indexer.lock import WriteLock
 from indexer.settings import Settings
-from indexer.store import Failure, Photo, delete_photos, photos_under, utcnow
+from indexer.store import Failure, Photo, delete_failures, delete_photos, is_writable, photos_under, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,10 @@ class IndexSummary:
     unchanged: int = 0
     skipped: int = 0  # known-bad files, unchanged since they last failed
     failed: int = 0
+    kept: int = 0  # photos under a missing root or unreadable folder: not pruned
+    missing_roots: list[str] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)
+    symlinks_skipped: int = 0
     seconds: float = 0.0
     embedded_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -62,17 +71,26 @@ class Plan:
     stale_ids: list[int] = field(default_factory=list)  # rows of changed files: replaced by new rows
     replaced: set[str] = field(default_factory=set)  # paths of those changed files
     deleted_ids: list[int] = field(default_factory=list)
+    kept: int = 0  # vanished rows under a root or folder the walk could not read
+    stale_failures: list[str] = field(default_factory=list)  # failure rows of files that are gone
     unchanged: int = 0
     skipped: int = 0
     failures: list[tuple[PhotoFile, str]] = field(default_factory=list)
 
 
-def plan_run(session: Session, roots: Sequence[Path], files: Sequence[PhotoFile], prune: bool) -> Plan:
+def plan_run(session: Session, roots: Sequence[Path], scan: Scan, prune: bool) -> Plan:
     plan = Plan()
     rows = photos_under(session, list(roots))
     failed = {f.path: f for f in session.scalars(select(Failure))}
     candidates: list[PhotoFile] = []
-    for file in files:
+    for file, reason in scan.rejected:
+        old = failed.get(str(file.path))
+        if old is not None and (old.size, old.mtime, old.reason) == (file.size, file.mtime, reason):
+            plan.skipped += 1
+        else:
+            plan.failures.append((file, reason))
+    plan.failures += [(PhotoFile(folder, 0, 0.0), reason) for folder, reason in scan.unreadable]
+    for file in scan.files:
         row = rows.pop(str(file.path), None)
         if row is None:
             old = failed.get(str(file.path))
@@ -102,9 +120,13 @@ def plan_run(session: Session, roots: Sequence[Path], files: Sequence[PhotoFile]
             plan.moved.append((match.pop(digest).id, file))
         else:
             plan.to_embed.append(file)
-    remaining = [row.id for group in vanished.values() for row in group.values()]
+    remaining = [row for group in vanished.values() for row in group.values()]
+    prunable = [row.id for row in remaining if scan.was_read(row.path)]
+    plan.kept = len(remaining) - len(prunable)
     if prune:
-        plan.deleted_ids = remaining
+        plan.deleted_ids = prunable
+    seen = scan.seen | {str(folder) for folder, _ in scan.unreadable}
+    plan.stale_failures = [path for path in failed if path not in seen and scan.was_read(path)]
     return plan
 
 
@@ -146,6 +168,16 @@ class _Decoded(Dataset):
             return i, None, f"cannot read: {exc.strerror or exc}", "", time.perf_counter() - started
 
 
+def _init_worker(close_fds: tuple[int, ...], _worker_id: int) -> None:
+    """A decode worker: one thread (the main process owns the cores' compute), no copy of the writer's lock."""
+    torch.set_num_threads(1)
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _collate(items: list) -> list:  # noqa: ANN001 - DataLoader's collate signature
     return items
 
@@ -154,10 +186,16 @@ class IndexRun:
     """One `index` run over an open, locked index."""
 
     def __init__(
-        self, index: PhotoIndex, embedder: Embedder, checkpoint_every: int = 256, checkpoint_seconds: float = 60.0
+        self,
+        index: PhotoIndex,
+        embedder: Embedder,
+        checkpoint_every: int = 256,
+        checkpoint_seconds: float = 60.0,
+        lock: WriteLock | None = None,
     ) -> None:
         self.index, self.embedder = index, embedder
         self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
+        self.worker_closes = tuple(fd for fd in [lock.fileno if lock else None] if fd is not None)
 
     def run(self, roots: Sequence[Path], prune: bool = True, follow_symlinks: bool = False) -> IndexSummary:
         started = time.perf_counter()
@@ -165,9 +203,14 @@ class IndexRun:
         stages_before = dict(self.embedder.stage_seconds)  # the embedder may have run before
         self.index.reconcile()
         roots = [Path(r).expanduser().absolute() for r in roots]
-        files = list(tqdm(walk_photos(roots, follow_symlinks), desc="scanning", unit=" files", leave=False))
+        log.info("scanning %s", ", ".join(map(str, roots)))
+        scan = scan_photos(roots, follow_symlinks)
+        summary.missing_roots = [str(r) for r in scan.missing_roots]
+        summary.unreadable_folders = [str(f) for f, _ in scan.unreadable if f not in scan.missing_roots]
+        summary.symlinks_skipped = scan.symlinks_skipped
         with Session(self.index.engine) as session:
-            plan = plan_run(session, roots, files, prune)
+            plan = plan_run(session, roots, scan, prune)
+        self.index.remember_roots(scan.listed_roots, follow_symlinks)
         self._apply_plan(plan, summary)
         embed_started = time.perf_counter()
         self._embed(plan.to_embed, plan.replaced, summary)
@@ -187,13 +230,20 @@ class IndexRun:
                 assert row is not None
                 row.path, row.size, row.mtime = str(file.path), file.size, file.mtime
             delete_photos(session, gone)
+            delete_failures(session, plan.stale_failures)
             for file, reason in plan.failures:
                 self._record_failure(session, file, reason, summary)
         if gone:
             self.index.vectors.remove(gone)
             self.index.vectors.save()
         summary.unchanged, summary.skipped = plan.unchanged + len(plan.touched), plan.skipped
-        summary.moved, summary.removed = len(plan.moved), len(plan.deleted_ids)
+        summary.moved, summary.removed, summary.kept = len(plan.moved), len(plan.deleted_ids), plan.kept
+
+    def reembed(self, files: list[PhotoFile]) -> IndexSummary:
+        """Embed `files` as new rows (used by repair for rows that lost their vectors)."""
+        summary = IndexSummary()
+        self._embed(files, set(), summary)
+        return summary
 
     def _record_failure(self, session: Session, file: PhotoFile, reason: str, summary: IndexSummary) -> None:
         log.warning("skipped %s: %s", file.path, reason)
@@ -211,6 +261,7 @@ class IndexRun:
             num_workers=options.workers,
             collate_fn=_collate,
             prefetch_factor=4 if options.workers else None,
+            worker_init_fn=partial(_init_worker, self.worker_closes),
         )
         since, last_save = 0, time.monotonic()
         session = Session(self.index.engine)
@@ -262,6 +313,15 @@ class IndexRun:
 
 
 
+def embedder_for(settings: Settings, stored: EmbeddingConfig | None, embedder: Embedder | None = None) -> Embedder:
+    """An Embedder for the settings (the index's stored config first), reusing `embedder`'s model when it fits."""
+    config = settings.embedding_config(stored)
+    if embedder is not None and embedder.config == config:
+        return embedder
+    reuse = embedder.model if embedder and embedder.config.model == config.model else None
+    return Embedder(config, settings.runtime(), model=reuse)
+
+
 def index_photos(
     roots: Sequence[Path],
     settings: Settings,
@@ -270,18 +330,21 @@ def index_photos(
 ) -> IndexSummary:
     """Bring the index at settings.index_dir up to date with `roots` (creating it if needed)."""
     index_dir = Path(settings.index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with WriteLock(index_dir):
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexReadOnlyError(f"cannot create the index folder {index_dir}: {exc.strerror or exc}") from None
+    if not is_writable(index_dir):
+        raise IndexReadOnlyError(f"cannot write to the index at {index_dir}: check its permissions, or use another --index folder")
+    with WriteLock(index_dir) as lock:
         stored = PhotoIndex.stored_settings(index_dir)
-        config = settings.embedding_config(stored.embedding if stored else None)
-        if embedder is None or embedder.config != config:
-            reuse = embedder.model if embedder and embedder.config.model == config.model else None
-            embedder = Embedder(config, settings.runtime(), model=reuse)
+        embedder = embedder_for(settings, stored.embedding if stored else None, embedder)
         index_type = settings.index_type or (stored.index_type if stored else "Flat")
-        wanted = IndexSettings(config, embedder.fingerprint, embedder.model.fingerprint, embedder.dim, index_type)
+        wanted = IndexSettings(embedder.config, embedder.fingerprint, embedder.model.fingerprint, embedder.dim, index_type)
         index = PhotoIndex.open_for_writing(index_dir, wanted)
         try:
-            return IndexRun(index, embedder, settings.checkpoint_every).run(roots, prune, settings.follow_symlinks)
+            run = IndexRun(index, embedder, settings.checkpoint_every, lock=lock)
+            return run.run(roots, prune, settings.follow_symlinks)
         finally:
             index.close()
 

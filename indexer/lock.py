@@ -31,6 +31,12 @@ class WriteLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
 
+    @property
+    def fileno(self) -> int | None:
+        """The lock's descriptor: forked helpers (decode workers) close their copy, so that a killed
+        writer's lock is free at once rather than when its last worker notices and exits."""
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -34,6 +34,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 20.0
+    # Host names the server answers to besides localhost and --host (comma-separated; "*" for any).
+    # Anything else gets 400: a web page on another site cannot reach it by DNS rebinding.
+    allowed_hosts: str = ""
     embedding: Mapping[str, Any] = field(default_factory=dict)  # EmbeddingConfig overrides
 
     @classmethod
@@ -63,6 +66,13 @@ class Settings:
         if "index_dir" in values:
             values["index_dir"] = Path(values["index_dir"])
         return cls(**values, embedding=embedding)
+
+    def allowed_host_names(self) -> tuple[str, ...]:
+        extra = tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip())
+        if "*" in extra:
+            return ("*",)
+        own = () if self.host in ("0.0.0.0", "::", "") else (self.host,)
+        return ("127.0.0.1", "localhost", "::1", "[::1]") + own + extra
 
     def runtime(self) -> RuntimeOptions:
         return RuntimeOptions(

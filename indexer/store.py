@@ -7,14 +7,20 @@ FAISS belongs to the row with its id, and a changed photo gets a new row (and so
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, delete, event, select
+from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, delete, event, select, text
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from indexer.errors import IndexMismatchError
+from indexer.errors import IndexCorruptError, IndexMismatchError, IndexReadOnlyError
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 DB_FILE = "index.db"
@@ -63,9 +69,22 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-def open_engine(index_dir: Path) -> Engine:
-    """An engine on `index_dir/index.db` in WAL mode, so readers never wait for the writer."""
-    engine = create_engine(f"sqlite:///{Path(index_dir) / DB_FILE}")
+def is_writable(index_dir: Path) -> bool:
+    """Can this process change the index (its folder and, when it exists, its database file)?"""
+    db = Path(index_dir) / DB_FILE
+    return os.access(index_dir, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+
+
+def open_engine(index_dir: Path, read_only: bool = False) -> Engine:
+    """An engine on `index_dir/index.db` in WAL mode, so readers never wait for the writer.
+
+    `read_only` (a folder this process cannot write, such as a mounted snapshot) opens the file
+    immutable: SQLite then needs no -wal/-shm files, and nobody can be changing it anyway.
+    """
+    db = Path(index_dir).absolute() / DB_FILE
+    if read_only:
+        return create_engine(f"sqlite:///file:{db}?mode=ro&immutable=1&uri=true")
+    engine = create_engine(f"sqlite:///{db}")
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -78,16 +97,59 @@ def open_engine(index_dir: Path) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
+@contextmanager
+def database_errors(index_dir: Path) -> Iterator[None]:
+    """SQLite's own errors as one clear diffsearch error that says what to do."""
+    try:
+        yield
+    except OperationalError as exc:
+        message = str(exc.orig)
+        if "readonly" in message or "unable to open" in message or "read-only" in message:
+            raise IndexReadOnlyError(
+                f"cannot write to the index at {index_dir} ({message}): check its permissions, or use another --index folder"
+            ) from None
+        if "locked" in message or "busy" in message:
+            raise
+        raise IndexCorruptError(f"the index database {Path(index_dir) / DB_FILE} cannot be read ({message}): run `diffsearch check --repair`") from None
+    except DatabaseError as exc:
+        raise IndexCorruptError(
+            f"the index database {Path(index_dir) / DB_FILE} is damaged ({exc.orig}): run `diffsearch check --repair`"
+        ) from None
+
+
+def guarded(index_dir: Path, fn: Callable[[], T]) -> T:
+    with database_errors(index_dir):
+        return fn()
+
+
+def integrity_problems(engine: Engine) -> list[str]:
+    """SQLite's own `PRAGMA integrity_check` (an empty list when it says ok)."""
+    try:
+        with engine.connect() as conn:
+            lines = [str(row[0]) for row in conn.execute(text("PRAGMA integrity_check"))]
+    except DatabaseError as exc:
+        return [str(exc.orig)]
+    return [] if lines == ["ok"] else lines
+
+
+def create_schema(engine: Engine, read_only: bool = False) -> None:
+    if read_only:
+        with Session(engine) as session:
+            _check_version(read_meta(session).get("schema_version"))
+        return
     Base.metadata.create_all(engine)
     with Session(engine) as session, session.begin():
         version = read_meta(session).get("schema_version")
         if version is None:
             session.merge(Meta(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
-        elif version > SCHEMA_VERSION:
-            raise IndexMismatchError(
-                f"this index has schema version {version}; this diffsearch reads up to {SCHEMA_VERSION}: upgrade diffsearch"
-            )
+        _check_version(version)
+
+
+def _check_version(version: int | None) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise IndexMismatchError(
+            f"this index has schema version {version}; this diffsearch reads up to {SCHEMA_VERSION}: upgrade diffsearch"
+        )
 
 
 def read_meta(session: Session) -> dict[str, Any]:
@@ -108,6 +170,11 @@ def photos_under(session: Session, roots: list[Path]) -> dict[str, Photo]:
         query = select(Photo).where((Photo.path == root_str) | Photo.path.startswith(prefix, autoescape=True))
         out.update({p.path: p for p in session.scalars(query)})
     return out
+
+
+def delete_failures(session: Session, paths: list[str], chunk: int = 500) -> None:
+    for start in range(0, len(paths), chunk):
+        session.execute(delete(Failure).where(Failure.path.in_(paths[start : start + chunk])))
 
 
 def delete_photos(session: Session, ids: list[int], chunk: int = 500) -> None:

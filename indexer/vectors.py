@@ -50,8 +50,9 @@ class VectorStore:
     def _load(self) -> None:
         try:
             index = faiss.read_index(str(self.path))
-        except RuntimeError as exc:
-            raise IndexCorruptError(f"cannot read {self.path}: {exc}; run `diffsearch check --repair`") from None
+        except (RuntimeError, MemoryError, ValueError, OSError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise IndexCorruptError(f"cannot read {self.path} ({first_line[:200]}): run `diffsearch check --repair`") from None
         if index.d != self.dim:
             raise IndexCorruptError(f"{self.path} holds {index.d}-d vectors, the index expects {self.dim}")
         if not isinstance(index, faiss.IndexIDMap2):
@@ -91,8 +92,21 @@ class VectorStore:
 
     def _all_vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         ids = self.ids()
-        vectors = np.vstack([self.index.reconstruct(int(i))[None] for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
-        return ids, vectors.astype(np.float32)
+        if not len(ids):
+            return ids, np.zeros((0, self.dim), np.float32)
+        inner = faiss.downcast_index(self.index.index)
+        try:
+            if hasattr(inner, "make_direct_map"):
+                inner.make_direct_map()
+            vectors = inner.reconstruct_n(0, len(ids))
+        except RuntimeError:
+            vectors = np.vstack([self.index.reconstruct(int(i))[None] for i in ids])
+        return ids, np.asarray(vectors, dtype=np.float32)
+
+    def nonfinite_ids(self) -> npt.NDArray[np.int64]:
+        """Ids of vectors holding NaN or inf (never returned by a search, so never noticed otherwise)."""
+        ids, vectors = self._all_vectors()
+        return ids[~np.isfinite(vectors).all(axis=1)] if len(ids) else ids
 
     def _train_and_switch(self) -> None:
         ids, vectors = self._all_vectors()

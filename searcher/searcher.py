@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from indexer.config import RuntimeOptions
 from indexer.embedder import Embedder
-from indexer.errors import ConfigError, IndexMismatchError
+from indexer.errors import ConfigError, IndexCorruptError, IndexMismatchError
 from indexer.images import ImageInput
 from indexer.index import PhotoIndex
 from indexer.model import DiffusionModel
@@ -67,6 +67,21 @@ class Searcher:
     def __len__(self) -> int:
         return len(self._fresh_vectors())
 
+    def vectors_file_exists(self) -> bool:
+        return (self.index.dir / VECTORS_FILE).is_file()
+
+    def counts(self) -> dict[str, int]:
+        """Rows, vectors and failures, with the vectors as the indexer last saved them."""
+        self._fresh_vectors()
+        return self.index.counts()
+
+    def _check_vectors_present(self, store: VectorStore) -> None:
+        """Rows but no vectors file is damage, not an empty index: say so instead of finding nothing."""
+        if len(store) == 0 and not self.vectors_file_exists() and self.index.counts()["photos"] > 0:
+            raise IndexCorruptError(
+                f"{self.index.dir / VECTORS_FILE} is missing but the index has photos: run `diffsearch check --repair`"
+            )
+
     def embed(self, images: Sequence[ImageInput]) -> npt.NDArray[np.float32]:
         # One model call at a time: concurrent torch calls on a few cores only thrash each other.
         with self._model_lock:
@@ -108,6 +123,7 @@ class Searcher:
         if max_distance is not None and max_distance < 0:
             raise ConfigError(f"max_distance must be >= 0, got {max_distance}")
         store = self._fresh_vectors()
+        self._check_vectors_present(store)
         prefix = _normalise_prefix(path_prefix)
         out = []
         for vector in vectors:

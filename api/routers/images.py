@@ -1,57 +1,122 @@
-"""GET /images/{id} and /images/{id}/thumbnail: only photos that are in the index, by id (never by path)."""
+"""GET /images/{id} and /images/{id}/thumbnail: only photos that are in the index, by id (never by path).
+
+A photo is served only while it is still the photo that was indexed: a regular file, inside a
+folder that was indexed once links are resolved, with the size and mtime its row records.
+Anything else (a file swapped for a link to /etc/passwd, a FIFO, an edited photo) is a 404 or 410.
+"""
 
 from __future__ import annotations
 
+import io
+import mimetypes
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from api.deps import PhotoId, SearcherDep
 from indexer.errors import InvalidImageError
-from indexer.images import load_image
+from indexer.images import NotARegularFileError, load_image, open_regular
 from indexer.store import Photo
 
 router = APIRouter(prefix="/images", tags=["images"])
 
 THUMBNAIL_DIR = "thumbnails"
+CHUNK = 1 << 16
+RESPONSES = {404: {"description": "Unknown id, or its file is gone"}, 410: {"description": "The file is no longer the indexed photo"}}
 
 
-def _indexed_file(searcher: SearcherDep, photo_id: PhotoId) -> Photo:
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _open_indexed(searcher: SearcherDep, photo_id: int) -> tuple[Photo, IO[bytes]]:
+    """The row and an open handle on its file, after checking the file is still that photo."""
     row = searcher.photo(photo_id)
     if row is None:
         raise HTTPException(404, f"no photo with id {photo_id} in the index")
-    if not Path(row.path).is_file():
-        raise HTTPException(404, f"photo {photo_id} is in the index but its file is gone: {row.path}")
-    return row
+    roots, followed_links = searcher.index.roots()
+    real = os.path.realpath(row.path)
+    if roots:
+        allowed = followed_links or any(_inside(real, os.path.realpath(root)) for root in roots)
+    else:  # an index from before roots were recorded: no links at all
+        allowed = real == os.path.abspath(row.path)
+    if not allowed:
+        raise HTTPException(410, f"photo {photo_id} now points outside the indexed folders; re-index to refresh it")
+    try:
+        handle = open_regular(real)
+    except FileNotFoundError:
+        raise HTTPException(404, f"photo {photo_id} is in the index but its file is gone") from None
+    except (NotARegularFileError, PermissionError, OSError):
+        raise HTTPException(410, f"photo {photo_id}'s file can no longer be read as the indexed photo") from None
+    info = os.fstat(handle.fileno())
+    if info.st_size != row.size or info.st_mtime != row.mtime:
+        handle.close()
+        raise HTTPException(410, f"photo {photo_id} changed since it was indexed; run `diffsearch index` to refresh it")
+    return row, handle
 
 
-@router.get("/{photo_id}", response_class=FileResponse, responses={404: {"description": "Unknown id"}})
-def image(searcher: SearcherDep, photo_id: PhotoId) -> FileResponse:
-    return FileResponse(_indexed_file(searcher, photo_id).path)
+def _stream(handle: IO[bytes]) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
 
 
-def _make_thumbnail(source: str, target: Path, size: int) -> None:
-    image, _ = load_image(source)
+@router.get("/{photo_id}", response_class=StreamingResponse, responses=RESPONSES)
+def image(searcher: SearcherDep, photo_id: PhotoId) -> StreamingResponse:
+    row, handle = _open_indexed(searcher, photo_id)
+    media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
+    headers = {"Content-Length": str(row.size), "Cache-Control": "private, max-age=3600"}
+    return StreamingResponse(_stream(handle), media_type=media_type, headers=headers)
+
+
+def _render_thumbnail(handle: IO[bytes], size: int) -> bytes:
+    with handle:
+        image, _ = load_image(handle)
     image.thumbnail((size, size))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    image.save(tmp, "JPEG", quality=85)
-    tmp.replace(target)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
 
 
-@router.get("/{photo_id}/thumbnail", response_class=FileResponse, responses={404: {"description": "Unknown id"}})
+def _cache(target: Path, data: bytes) -> bool:
+    """Write the thumbnail under a unique temp name, then rename: concurrent writers never collide.
+    False where the index folder is read-only (the thumbnail is then served from memory)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".tmp")
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+        return True
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        return False
+
+
+@router.get("/{photo_id}/thumbnail", response_class=Response, responses=RESPONSES)
 async def thumbnail(
     searcher: SearcherDep, photo_id: PhotoId, size: Annotated[int, Query(ge=16, le=1024)] = 256
-) -> FileResponse:
-    row = _indexed_file(searcher, photo_id)
+) -> Response:
+    row, handle = await run_in_threadpool(_open_indexed, searcher, photo_id)
     # Keyed by content hash: a changed photo gets a new thumbnail, never a stale one.
     target = searcher.index.dir / THUMBNAIL_DIR / f"{row.content_hash}-{size}.jpg"
-    if not target.is_file():
-        try:
-            await run_in_threadpool(_make_thumbnail, row.path, target, size)
-        except InvalidImageError as exc:
-            raise HTTPException(422, f"photo {photo_id} can no longer be read: {exc.reason}") from None
-    return FileResponse(target, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+    headers = {"Cache-Control": "max-age=86400"}
+    if target.is_file():
+        handle.close()
+        return FileResponse(target, media_type="image/jpeg", headers=headers)
+    try:
+        data = await run_in_threadpool(_render_thumbnail, handle, size)
+    except InvalidImageError as exc:
+        raise HTTPException(422, f"photo {photo_id} can no longer be read: {exc.reason}") from None
+    if not searcher.index.read_only:
+        await run_in_threadpool(_cache, target, data)
+    return Response(data, media_type="image/jpeg", headers=headers)

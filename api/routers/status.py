@@ -17,6 +17,15 @@ def stats(searcher: SearcherDep) -> IndexStats:
     return stats_of(searcher.index)
 
 
-@router.get("/health", response_model=Health)
+@router.get("/health", response_model=Health, response_model_exclude_none=True)
 def health(searcher: SearcherDep) -> Health:
-    return Health(status="ok", photos=len(searcher))
+    """ok, or degraded (with the reason) when the rows and vectors disagree or the vectors are missing."""
+    counts = searcher.counts()
+    if counts["photos"] == counts["vectors"]:
+        return Health(status="ok", photos=counts["photos"])
+    detail = (
+        f"{counts['photos']} photo rows but {counts['vectors']} vectors"
+        + ("; the vectors file is missing" if not searcher.vectors_file_exists() else "")
+        + ": run `diffsearch check --repair` (a running indexer may also be between two saves)"
+    )
+    return Health(status="degraded", photos=counts["photos"], detail=detail)

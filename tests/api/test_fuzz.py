@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_no_server_errors(sample_index, searcher):
-    config = Settings.load(env={}, index_dir=sample_index, max_upload_mb=1.0)
+    config = Settings.load(env={}, index_dir=sample_index, max_upload_mb=1.0, allowed_hosts="testserver")
     app = create_app(config, searcher=searcher)
     app.state.settings, app.state.searcher = config, searcher  # the ASGI transport does not run the lifespan
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

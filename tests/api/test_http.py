@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def client(sample_index, searcher):
     settings = Settings.load(env={}, index_dir=sample_index, max_upload_mb=1.0)
-    with TestClient(create_app(settings, searcher=searcher), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings, searcher=searcher), base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         yield c
 
 

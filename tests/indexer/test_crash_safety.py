@@ -94,6 +94,7 @@ def test_check_reports_and_repair_fixes(tmp_path, embedder):
     )  # fmt: skip
     checked = run("check")
     assert checked.returncode == 1 and "1 rows without a vector, 1 vectors without a row" in checked.stdout
-    assert run("check", "--repair").returncode == 0
-    assert run("check").stdout.startswith("consistent: 3 rows, 3 vectors")
-    assert index_photos([photos], settings, embedder=embedder).added == 1  # the dropped photo comes back
+    repaired = run("check", "--repair")
+    assert repaired.returncode == 0 and "1 re-embedded from their files" in repaired.stdout, repaired.stdout
+    assert run("check").stdout.startswith("consistent: 4 rows, 4 vectors")  # the row lost its vector: re-embedded
+    assert index_photos([photos], settings, embedder=embedder).unchanged == 4
