@@ -122,12 +122,12 @@ def _walk_dir(root: Path, follow: bool, seen_dirs: set[tuple[int, int]], seen_fi
             path = Path(entry.path)
             try:
                 if entry.is_symlink():
-                    if not follow:
-                        scan.symlinks_skipped += is_photo_name(entry.name) or entry.is_dir()
-                        continue
                     if not os.path.exists(path):
                         if is_photo_name(entry.name):
                             _reject(path, entry.stat(follow_symlinks=False), "broken symbolic link", scan)
+                        continue
+                    if not follow:
+                        scan.symlinks_skipped += is_photo_name(entry.name) or entry.is_dir()
                         continue
                 if entry.is_dir(follow_symlinks=follow):
                     subfolders.append(path)

@@ -13,6 +13,7 @@ import uvicorn
 
 from api.app import create_app
 from indexer.settings import Settings
+from tests.api.live import live_server
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -40,18 +41,8 @@ def browser_paths():
 
 @pytest.fixture(scope="module")
 def server_url(sample_index, searcher):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(Settings.load(env={}, index_dir=sample_index), searcher=searcher)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(create_app(Settings.load(env={}, index_dir=sample_index), searcher=searcher)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
