@@ -77,6 +77,8 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port [default 8000]")] = None,
     device: DeviceOpt = None,
+    max_upload_mb: Annotated[Optional[float], typer.Option(help="Largest query upload [default 20]")] = None,
+    allowed_hosts: Annotated[Optional[str], typer.Option(help="Extra Host names to answer, comma-separated ('*': any)")] = None,
 ) -> None:
     """Serve the HTTP API and the web page for an index."""
     import uvicorn
@@ -84,7 +86,7 @@ def serve(
     from api.app import create_app
     from indexer.index import PhotoIndex
 
-    settings = _settings(index_dir=index_dir, host=host, port=port, device=device)
+    settings = _settings(index_dir=index_dir, host=host, port=port, device=device, max_upload_mb=max_upload_mb, allowed_hosts=allowed_hosts)
     try:
         PhotoIndex.open(settings.index_dir).close()  # fail here, clearly, not inside the server
     except DiffsearchError as exc:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from indexer.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedder import Embedder, normalise
-from indexer.errors import InvalidImageError
-from indexer.images import load_image, square_crop, to_tensor
+from indexer.errors import ConfigError, InvalidImageError
+from indexer.images import IMAGE_EXTENSIONS, load_image, square_crop, to_tensor
 from indexer.model import DiffusionModel
 from indexer.projection import fit_projection
 from indexer.training.train import TrainConfig, build_unet
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BASELINE = "latent only, same pipeline (no U-Net)"
 DEFAULT_ROW = "trained U-Net, chosen config (default)"
+AS_INDEXED_ROW = "default as indexed (bundled projection)"
 LATENT_GRID_ROW = "latent only, 4x4 grid, no global mean (its best pooling)"
 
 
@@ -57,11 +58,18 @@ class LabelledSet:
         """Every photo under `root`, labelled by its top-level folder."""
         from indexer.files import walk_photos
 
-        paths = [p.path for p in walk_photos([root]) if p.path.relative_to(Path(root).absolute()).parts[0] not in skip]
-        return cls._build(paths, [p.relative_to(Path(root).absolute()).parts[0] for p in paths])
+        # Evaluation only reads, so links are followed (a tree of symlinked photos is a common way
+        # to lay out a labelled set); `diffsearch index` follows them only with --follow-symlinks.
+        base = Path(root).expanduser().absolute()
+        paths = [p.path for p in walk_photos([base], follow_symlinks=True) if p.path.relative_to(base).parts[0] not in skip]
+        if not paths:
+            raise ConfigError(f"no photos under {base}: expected one folder per class holding photos ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return cls._build(paths, [p.relative_to(base).parts[0] for p in paths])
 
     @classmethod
     def _build(cls, paths: list[Path], names: list[str]) -> LabelledSet:
+        if not paths:
+            raise ConfigError("the labelled set is empty: no photos to evaluate")
         classes = sorted(set(names))
         index = {c: i for i, c in enumerate(classes)}
         return cls(paths, np.array([index[n] for n in names], dtype=np.int64), classes)
@@ -119,7 +127,9 @@ class EncodedSet:
 
 
 def encode_set(model: DiffusionModel, paths: Sequence[Path], size: int, cache_dir: Path | None, workers: int = 2) -> EncodedSet:
-    key = hashlib.sha256(f"{model.encoder_fingerprint}|{size}|{'|'.join(map(str, paths))}".encode()).hexdigest()[:16]
+    # Resolved paths: a relative and an absolute --root (or a link to it) share one cache entry.
+    resolved = "|".join(str(Path(p).resolve()) for p in paths)
+    key = hashlib.sha256(f"{model.encoder_fingerprint}|{size}|{resolved}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"encoded-{key}.pt" if cache_dir else None
     if cache and cache.is_file():
         data = torch.load(cache, weights_only=False)
@@ -147,6 +157,7 @@ class Variant:
     whiten: bool = False  # fit PCA-whitening on the fit set (same images for every variant)
     whiten_dim: int = 256
     whiten_shrinkage: float = 5.0  # measured on val: 0.1 (near-plain whitening) hurt P@10 and mAP
+    as_indexed: bool = False  # the Embedder exactly as `index` runs it: the model's bundled projection, no refit
     note: str = ""
 
 
@@ -164,6 +175,9 @@ def variant_vectors(
 ) -> npt.NDArray[np.float32]:
     if variant.model is None or variant.config is None:
         return evaluated.histograms
+    if variant.as_indexed:
+        embedder = Embedder(variant.config, RuntimeOptions(device="cpu", batch_size=batch_size), model=variant.model)
+        return embedder.finish(embedder.pooled_features(evaluated.x0))
     embedder = Embedder(variant.config.replace(projection=False), RuntimeOptions(device="cpu", batch_size=batch_size), model=variant.model)
     raw = embedder.pooled_features(evaluated.x0)
     if variant.whiten:
@@ -232,6 +246,9 @@ def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool, s
     else:
         rows.append(Variant("trained U-Net + latent", chosen.replace(blocks=("latent",) + unet_blocks, unet_weight=1.0), trained, **same_pipeline))
     rows.append(Variant(DEFAULT_ROW, chosen, trained, **same_pipeline))
+    if trained.projections:
+        rows.append(Variant(AS_INDEXED_ROW, chosen.replace(projection=True), trained, as_indexed=True,
+                            note="the vectors `diffsearch index` stores: bundled projection, not refitted"))  # fmt: skip
     return rows
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from indexer.config import EmbeddingConfig
-from indexer.evaluation import BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, ablation, retrieval_metrics
+from indexer.evaluation import AS_INDEXED_ROW, BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, ablation, retrieval_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,8 +32,8 @@ def test_ablation_rows_put_the_chosen_config_last(default_model):
     fused = EmbeddingConfig(blocks=("latent", "mid"))
     rows = ablation(fused, default_model, with_256=False)
     names = [r.name for r in rows]
-    assert names[1] == BASELINE and names[-1] == DEFAULT_ROW and "trained U-Net features only" in names
-    assert rows[1].config.blocks == ("latent",) and rows[-1].config == fused
+    assert names[1] == BASELINE and names[-2:] == [DEFAULT_ROW, AS_INDEXED_ROW] and "trained U-Net features only" in names
+    assert rows[1].config.blocks == ("latent",) and rows[-2].config == fused and rows[-1].as_indexed
     random_row = next(r for r in rows if r.name.startswith("random-init"))
     assert random_row.model.fingerprint == "random-init" and random_row.config == fused
 
@@ -51,15 +51,21 @@ def test_eval_cli_on_a_labelled_tree(tmp_path, sample_photos):
     for photo in sample_photos:  # names are <class>_image_NNNN.jpg
         folder = tree / photo.name.rsplit("_image_", 1)[0]
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(photo, folder / photo.name)
+        (folder / photo.name).symlink_to(photo)  # a tree of links, as labelled sets are often laid out
     out = tmp_path / "eval.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "api", "eval", "--root", str(tree), "--out", str(out), "--cache", str(tmp_path / "cache")],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    evaluate = lambda root, cwd: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "api", "eval", "--root", root, "--out", str(out), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
+    run = evaluate(str(tree), ROOT)
     assert run.returncode == 0, run.stderr
+    assert AS_INDEXED_ROW in run.stdout
     assert "64 queries, 8 classes" in run.stdout and "without PCA-whitening" in run.stdout
     results = {r["name"]: r["metrics"] for r in json.loads(out.read_text())}
     assert set(results) >= {"colour histogram 8x8x8", BASELINE, DEFAULT_ROW}
     assert all(0.0 <= m["P@10"] <= 0.7 for m in results.values())  # 8 photos a class: at most 7 of 10 relevant
     assert results[BASELINE]["mAP"] > results["colour histogram 8x8x8"]["mAP"]  # the autoencoder sees more than colour
+    again = evaluate("labelled", tmp_path)  # relative --root: the same photos, so the same cache entry
+    assert again.returncode == 0 and "encoding 64 photos" not in again.stderr, again.stderr[-500:]
+    empty = evaluate(str(tmp_path / "cache"), ROOT)
+    assert empty.returncode == 2 and "no photos under" in empty.stderr and "Traceback" not in empty.stderr
