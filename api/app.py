@@ -20,7 +20,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api.guards import BodyLimit, SecurityHeaders
-from api.routers import images, search, status
+from api.routers import images, metrics, search, status
 from indexer.errors import (
     ConfigError,
     DiffsearchError,
@@ -31,6 +31,7 @@ from indexer.errors import (
     InvalidImageError,
 )
 from indexer.settings import Settings
+from searcher.batching import QueueFullError
 from searcher.searcher import Searcher
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ STATUS_FOR = {
     IndexMismatchError: 503,
     IndexCorruptError: 503,
     IndexReadOnlyError: 503,
+    QueueFullError: 503,
 }
 
 
@@ -59,7 +61,12 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.searcher = searcher or Searcher(settings.index_dir, settings.runtime())
+        batching = app.state.searcher.queue is None
+        if batching:
+            app.state.searcher.start_batching(settings.batch_size, settings.batch_wait_ms, settings.max_queue)
         yield
+        if batching:
+            app.state.searcher.stop_batching()
         if searcher is None:
             app.state.searcher.close()
 
@@ -67,6 +74,7 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
     app.include_router(search.router)
     app.include_router(images.router)
     app.include_router(status.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodyLimit, limit_bytes=int(settings.max_upload_mb * 2**20))
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_host_names()))
     app.add_middleware(SecurityHeaders)
@@ -74,7 +82,7 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
     @app.exception_handler(DiffsearchError)
     async def diffsearch_error(_request: Request, exc: DiffsearchError) -> JSONResponse:
         code = next((c for kind, c in STATUS_FOR.items() if isinstance(exc, kind)), 503)
-        headers = {"Retry-After": "30"} if code == 503 else None
+        headers = {"Retry-After": "1" if isinstance(exc, QueueFullError) else "30"} if code == 503 else None
         return JSONResponse({"detail": scrub(str(exc), settings)}, status_code=code, headers=headers)
 
     @app.exception_handler(Exception)

@@ -80,7 +80,7 @@ def index(
     inversion_steps: Annotated[Optional[int], typer.Option(help="DDIM inversion steps to the timestep")] = None,
     blocks: Annotated[Optional[str], typer.Option(help="Comma-separated feature sources: latent,mid,up.0,...")] = None,
     grid: Annotated[Optional[int], typer.Option(help="g x g spatial pooling grid")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="bfloat16 or float32")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto, bfloat16 or float32 (speed only; the vectors agree)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per model call")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Decoding worker processes")] = None,
     device: DeviceOpt = None,

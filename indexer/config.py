@@ -15,7 +15,10 @@ from typing import Any, Literal
 
 from indexer.errors import ConfigError
 
-Dtype = Literal["float32", "bfloat16"]
+Dtype = Literal["auto", "float32", "bfloat16"]
+# Indexes written before dtype became a runtime option stored it in their config: their
+# fingerprints are reproduced with it (see `fingerprint(legacy_dtype=...)`).
+LEGACY_DTYPES = ("bfloat16", "float32")
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 # Names of the feature sources a config can pool. "latent" is the encoded image itself (no
@@ -62,7 +65,6 @@ class EmbeddingConfig:
     power: float = 1.0
     # Apply the model's bundled PCA-whitening projection (if it ships one for this config).
     projection: bool = True
-    dtype: Dtype = "bfloat16"
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 8:
@@ -86,8 +88,6 @@ class EmbeddingConfig:
             raise ConfigError(f"unet_weight must be >= 0, got {self.unet_weight}")
         if not 0 < self.power <= 2:
             raise ConfigError(f"power must be in (0, 2], got {self.power}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
     @property
     def uses_unet(self) -> bool:
@@ -101,10 +101,10 @@ class EmbeddingConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbeddingConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - known - {"dtype"}  # dtype: a runtime option now, ignored in old configs
         if unknown:
             raise ConfigError(f"unknown embedding settings: {sorted(unknown)}")
-        values = dict(data)
+        values = {k: v for k, v in data.items() if k != "dtype"}
         if "blocks" in values:
             values["blocks"] = tuple(values["blocks"])
         return cls(**values)
@@ -112,9 +112,14 @@ class EmbeddingConfig:
     def replace(self, **changes: Any) -> EmbeddingConfig:
         return dataclasses.replace(self, **changes)
 
-    def fingerprint(self, model_fingerprint: str = "") -> str:
-        """A short stable hash of every setting (and the model's own fingerprint when given)."""
-        payload = json.dumps({"config": self.to_dict(), "model": model_fingerprint}, sort_keys=True)
+    def fingerprint(self, model_fingerprint: str = "", legacy_dtype: str | None = None) -> str:
+        """A short stable hash of every setting (and the model's own fingerprint when given).
+
+        `legacy_dtype` reproduces the fingerprint an index got when dtype was still part of the
+        config: bf16 and fp32 give the same vectors to float noise, so it no longer is.
+        """
+        config = self.to_dict() | ({"dtype": legacy_dtype} if legacy_dtype else {})
+        payload = json.dumps({"config": config, "model": model_fingerprint}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -126,8 +131,16 @@ class RuntimeOptions:
     batch_size: int = 32
     workers: int = 2
     allow_download: bool = False
+    # Compute dtype: "auto" picks bf16 where the hardware has it natively (AMX/AVX512-BF16 CPUs,
+    # CUDA), else fp32. Vectors agree across dtypes to float noise (cosine > 0.9999, measured).
+    dtype: Dtype = "auto"
+    threads: int = 0  # compute threads; 0: every core this process may use (indexer.threads)
 
     def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:

@@ -55,6 +55,11 @@ class IndexSettings:
     model_fingerprint: str
     dim: int
     index_type: str
+    # Fingerprints an earlier release gave these same vectors (dtype was then in the config).
+    also_matches: tuple[str, ...] = ()
+
+    def accepts(self, stored: IndexSettings) -> bool:
+        return stored.fingerprint in (self.fingerprint, *self.also_matches) and stored.index_type == self.index_type
 
     def to_meta(self) -> dict[str, Any]:
         return {
@@ -172,7 +177,7 @@ class PhotoIndex:
                     meta = read_meta(session)
                     if "embedding" in meta:
                         stored = IndexSettings.from_meta(meta)
-                        if stored.fingerprint != wanted.fingerprint or stored.index_type != wanted.index_type:
+                        if not wanted.accepts(stored):
                             raise IndexMismatchError(
                                 f"{index_dir} was built with model {stored.embedding.model!r} and other settings "
                                 f"({describe_mismatch(stored, wanted)}). Use the index's settings or another --index folder."

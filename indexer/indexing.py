@@ -340,7 +340,9 @@ def index_photos(
         stored = PhotoIndex.stored_settings(index_dir)
         embedder = embedder_for(settings, stored.embedding if stored else None, embedder)
         index_type = settings.index_type or (stored.index_type if stored else "Flat")
-        wanted = IndexSettings(embedder.config, embedder.fingerprint, embedder.model.fingerprint, embedder.dim, index_type)
+        wanted = IndexSettings(
+            embedder.config, embedder.fingerprint, embedder.model.fingerprint, embedder.dim, index_type, embedder.legacy_fingerprints
+        )
         index = PhotoIndex.open_for_writing(index_dir, wanted)
         try:
             run = IndexRun(index, embedder, settings.checkpoint_every, lock=lock)

@@ -37,6 +37,10 @@ class Settings:
     # Host names the server answers to besides localhost and --host (comma-separated; "*" for any).
     # Anything else gets 400: a web page on another site cannot reach it by DNS rebinding.
     allowed_hosts: str = ""
+    dtype: str = "auto"  # auto, bfloat16 or float32: how fast, never which vectors
+    threads: int = 0  # compute threads; 0: the cores this process may use (DIFFSEARCH_THREADS also works)
+    max_queue: int = 64  # queries waiting to be embedded before the server answers 503
+    batch_wait_ms: float = 5.0  # how long the embedding worker waits to fill a batch
     embedding: Mapping[str, Any] = field(default_factory=dict)  # EmbeddingConfig overrides
 
     @classmethod
@@ -76,7 +80,8 @@ class Settings:
 
     def runtime(self) -> RuntimeOptions:
         return RuntimeOptions(
-            device=self.device, batch_size=self.batch_size, workers=self.workers, allow_download=self.allow_download
+            device=self.device, batch_size=self.batch_size, workers=self.workers, allow_download=self.allow_download,
+            dtype=self.dtype, threads=self.threads,
         )  # type: ignore[arg-type]
 
     def embedding_config(self, stored: EmbeddingConfig | None = None) -> EmbeddingConfig:

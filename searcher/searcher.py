@@ -21,6 +21,7 @@ from indexer.index import PhotoIndex
 from indexer.model import DiffusionModel
 from indexer.store import Photo
 from indexer.vectors import VECTORS_FILE, VectorStore
+from searcher.batching import EmbeddingQueue
 from searcher.results import SearchResult
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Searcher:
         self.index = PhotoIndex.open(Path(index_dir))
         settings = self.index.settings
         self.embedder = Embedder(settings.embedding, options or RuntimeOptions(workers=0), model=model)
-        if self.embedder.fingerprint != settings.fingerprint:
+        if not self.embedder.matches(settings.fingerprint):
             raise IndexMismatchError(
                 f"{index_dir} was built with embedder {settings.fingerprint} (model {settings.embedding.model!r}, "
                 f"weights {settings.model_fingerprint}), but that model now loads as {self.embedder.fingerprint} "
@@ -46,6 +47,13 @@ class Searcher:
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._vectors_stamp: tuple[int, int] | None = self._stamp()
+        self.queue: EmbeddingQueue | None = None
+
+    def start_batching(self, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64) -> EmbeddingQueue:
+        """From now on, concurrent `query` calls from several threads share batched forward passes."""
+        if self.queue is None:
+            self.queue = EmbeddingQueue(self.embedder, max_batch, wait_ms, max_queue)
+        return self.queue
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -83,9 +91,14 @@ class Searcher:
             )
 
     def embed(self, images: Sequence[ImageInput]) -> npt.NDArray[np.float32]:
-        # One model call at a time: concurrent torch calls on a few cores only thrash each other.
-        with self._model_lock:
-            return self.embedder.embed(images)
+        """Decode here (in the caller's thread, in parallel with other callers), then embed: through
+        the shared batching queue when it runs, else one model call at a time (concurrent torch
+        calls on a few cores only thrash each other)."""
+        if self.queue is None:
+            with self._model_lock:
+                return self.embedder.embed(images)
+        pixels = [self.embedder.prepare(image) for image in images]
+        return self.queue.embed(pixels)
 
     def query(
         self, image: ImageInput, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None
@@ -162,7 +175,13 @@ class Searcher:
     def photo(self, photo_id: int) -> Photo | None:
         return self.photos([photo_id]).get(photo_id)
 
+    def stop_batching(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
+
     def close(self) -> None:
+        self.stop_batching()
         self.index.close()
 
 

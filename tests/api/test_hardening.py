@@ -86,7 +86,11 @@ def _stream_upload(url: str, declared: int | None) -> tuple[int, bytes]:
             sent += len(chunk)
     except OSError:
         pass  # the server closed the connection
-    reply = sock.recv(4096)
+    reply = b""
+    while chunk := sock.recv(4096):  # headers and body may come in separate packets
+        reply += chunk
+        if b"}" in reply:
+            break
     sock.close()
     return sent, reply
 

@@ -20,7 +20,6 @@ def test_fingerprint_is_stable_and_sensitive():
         ({"blocks": ("side.0",)}, "unknown block"),
         ({"blocks": ()}, "at least one"),
         ({"grid": 0, "gap": False}, "grid"),
-        ({"dtype": "float16"}, "dtype"),
         ({"timestep": -1}, "timestep"),
     ],
 )
@@ -34,3 +33,15 @@ def test_unknown_keys_and_runtime_limits():
         EmbeddingConfig.from_dict({"colour": 1})
     with pytest.raises(ConfigError, match="batch_size"):
         RuntimeOptions(batch_size=0)
+    with pytest.raises(ConfigError, match="dtype"):
+        RuntimeOptions(dtype="float16")  # type: ignore[arg-type]
+
+
+def test_dtype_is_not_part_of_the_fingerprint_but_old_indexes_still_match():
+    old = {**EmbeddingConfig().to_dict(), "dtype": "bfloat16"}  # what an index stored before
+    config = EmbeddingConfig.from_dict(old)
+    assert config == EmbeddingConfig()
+    assert config.fingerprint("m", legacy_dtype="bfloat16") != config.fingerprint("m")
+    import hashlib, json  # noqa: E401 - the exact payload the earlier release hashed
+    payload = json.dumps({"config": old, "model": "m"}, sort_keys=True)
+    assert config.fingerprint("m", legacy_dtype="bfloat16") == hashlib.sha256(payload.encode()).hexdigest()[:16]

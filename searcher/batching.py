@@ -1,0 +1,127 @@
+"""Micro-batching: concurrent queries share one forward pass instead of fighting over the cores.
+
+Request threads decode their photos in parallel (decoding is cheap and single-threaded) and hand
+the pixels to one embedding worker thread, which takes whatever is queued (up to the batch size,
+waiting at most `wait_ms` for more to arrive), embeds it as one batch, and hands each vector back.
+A vector does not depend on the batch it was computed in (the Embedder's contract, tested to
+1e-5), so batching changes throughput, never results. A queue longer than `max_queue` is refused
+at once (`QueueFullError`, HTTP 503 + Retry-After) rather than letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from indexer.embedder import Embedder
+from indexer.errors import DiffsearchError
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class QueueFullError(DiffsearchError):
+    """More queries are waiting to be embedded than the server accepts (try again shortly)."""
+
+
+@dataclass
+class BatchStats:
+    """Counters for /metrics: batches by size, images embedded, time spent."""
+
+    batches: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    rejected: int = 0
+    by_size: dict[int, int] = field(default_factory=lambda: {b: 0 for b in BATCH_BUCKETS})
+
+    def record(self, size: int, seconds: float) -> None:
+        self.batches += 1
+        self.images += size
+        self.seconds += seconds
+        for bucket in BATCH_BUCKETS:
+            if size <= bucket:
+                self.by_size[bucket] += 1
+
+
+class EmbeddingQueue:
+    """One worker thread that embeds queued pixel tensors in batches."""
+
+    def __init__(self, embedder: Embedder, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64) -> None:
+        self.embedder = embedder
+        self.max_batch, self.wait = max_batch, wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.stats = BatchStats()
+        self._queue: queue.Queue[tuple[torch.Tensor, Future] | None] = queue.Queue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run, name="diffsearch-embed", daemon=True)
+        self._worker.start()
+
+    @property
+    def length(self) -> int:
+        """Images waiting or being embedded."""
+        return self._pending
+
+    def submit(self, pixels: torch.Tensor) -> Future:
+        """Queue one (3, S, S) tensor; the future gives its (d,) vector."""
+        with self._lock:
+            if self._pending >= self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFullError(f"{self._pending} queries are already waiting (limit {self.max_queue}); retry shortly")
+            self._pending += 1
+        future: Future = Future()
+        self._queue.put((pixels, future))
+        return future
+
+    def embed(self, pixels: list[torch.Tensor]) -> npt.NDArray[np.float32]:
+        """Embed these images through the shared queue (blocks until their batch is done)."""
+        futures = [self.submit(p) for p in pixels]
+        return np.stack([f.result() for f in futures]) if futures else np.zeros((0, self.embedder.dim), np.float32)
+
+    def _take_batch(self) -> list[tuple[torch.Tensor, Future]] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.wait
+        while len(batch) < self.max_batch:
+            timeout = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=max(timeout, 0)) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            started = time.perf_counter()
+            try:
+                vectors = self.embedder.embed_pixels(torch.stack([pixels for pixels, _ in batch]))
+                for (_, future), vector in zip(batch, vectors):
+                    future.set_result(vector)
+            except BaseException as exc:  # every waiter hears of the failure; the worker lives on
+                log.exception("embedding a batch of %d failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._pending -= len(batch)
+                self.stats.record(len(batch), time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=30)

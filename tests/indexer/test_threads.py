@@ -1,0 +1,52 @@
+"""The thread budget and the compute dtype are decided from the machine, with overrides."""
+
+import os
+
+import torch
+
+from indexer.embedder import cpu_has_native_bf16, pick_dtype
+from indexer.threads import available_cores, cgroup_cpu_limit, thread_budget
+
+
+def test_cgroup_quota_is_read_from_v2_then_v1(tmp_path):
+    v2 = tmp_path / "cpu.max"
+    v1 = (tmp_path / "quota", tmp_path / "period")
+    v2.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2, v1) == 2  # 1.5 CPUs round up
+    v2.write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2, v1) is None
+    v2.unlink()
+    v1[0].write_text("300000")
+    v1[1].write_text("100000")
+    assert cgroup_cpu_limit(v2, v1) == 3
+    v1[0].write_text("-1")
+    assert cgroup_cpu_limit(v2, v1) is None
+
+
+def test_budget_is_the_usable_cores_unless_overridden():
+    usable = len(os.sched_getaffinity(0))
+    assert 1 <= available_cores() <= usable
+    assert thread_budget(env={}) == available_cores()
+    assert thread_budget(env={"DIFFSEARCH_THREADS": "3"}) == 3
+    assert thread_budget(5, env={"DIFFSEARCH_THREADS": "3"}) == 5  # an explicit setting wins
+    assert thread_budget(env={"DIFFSEARCH_THREADS": "many"}) == available_cores()
+
+
+def test_dtype_follows_the_hardware():
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm\n")
+    assert not cpu_has_native_bf16("flags\t\t: fpu sse4_2 avx2 fma\n")  # AMD Zen 3: emulated bf16, ~7x slower
+    cpu = torch.device("cpu")
+    assert pick_dtype("float32", cpu) == "float32" and pick_dtype("bfloat16", cpu) == "bfloat16"
+    assert pick_dtype("auto", cpu) == ("bfloat16" if cpu_has_native_bf16() else "float32")
+
+
+def test_bf16_and_fp32_vectors_agree_so_dtype_is_a_runtime_option(default_model, sample_photos):
+    from indexer.config import EmbeddingConfig, RuntimeOptions
+    from indexer.embedder import Embedder
+
+    make = lambda dtype: Embedder(EmbeddingConfig(), RuntimeOptions(device="cpu", dtype=dtype), model=default_model)  # noqa: E731
+    bf16, fp32 = make("bfloat16"), make("float32")
+    assert bf16.fingerprint == fp32.fingerprint and bf16.projection is not None and fp32.projection is not None
+    a, b = bf16.embed(sample_photos[:16]), fp32.embed(sample_photos[:16])
+    assert (a * b).sum(axis=1).min() > 0.999

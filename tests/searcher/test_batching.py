@@ -1,0 +1,42 @@
+"""Micro-batching: concurrent queries share forward passes, give the same vectors, and back off when full."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from searcher.batching import EmbeddingQueue, QueueFullError
+
+
+def test_batched_vectors_equal_embedding_each_alone(embedder, sample_photos):
+    photos = sample_photos[:12]
+    alone = np.stack([embedder.embed([p])[0] for p in photos])
+    queue = EmbeddingQueue(embedder, max_batch=8, wait_ms=50)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            batched = list(pool.map(lambda p: queue.embed([embedder.prepare(p)])[0], photos))
+    finally:
+        queue.close()
+    np.testing.assert_allclose(np.stack(batched), alone, atol=1e-5)
+    assert queue.stats.images == 12 and queue.stats.batches < 12  # they really shared passes
+
+
+def test_a_full_queue_refuses_at_once_and_recovers(embedder, sample_photos, monkeypatch):
+    gate = threading.Event()
+    real = embedder.embed_pixels
+    monkeypatch.setattr(embedder, "embed_pixels", lambda pixels: (gate.wait(30), real(pixels))[1])
+    queue = EmbeddingQueue(embedder, max_batch=2, wait_ms=1, max_queue=3)
+    pixels = embedder.prepare(sample_photos[0])
+    try:
+        waiting = [queue.submit(pixels) for _ in range(3)]
+        with pytest.raises(QueueFullError, match="limit 3"):
+            queue.submit(pixels)
+        assert queue.stats.rejected == 1 and queue.length == 3
+        gate.set()
+        results = [f.result(30) for f in waiting]
+        assert all(np.allclose(r, results[0], atol=1e-5) for r in results)
+        assert queue.submit(pixels).result(30).shape == (embedder.dim,)
+    finally:
+        gate.set()
+        queue.close()
