@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -93,11 +94,32 @@ def load(url: str, photo: bytes, clients: int, seconds: float) -> tuple[list[flo
     return latencies, errors[0], len(latencies)
 
 
-def http_bench(index_dir: Path, photo: bytes, seconds: float) -> None:
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(url: str, pid: int, photo: bytes, minutes: float, clients: int = 32, every: float = 30.0) -> None:
+    """The server's RSS while `clients` keep querying for `minutes`: does memory level off?"""
+    print(f"\nSoak: {clients} clients for {minutes:g} min, server RSS every {every:.0f} s\n")
+    print("| minute | requests so far | errors | RSS MiB |")
+    print("|---|---|---|---|")
+    total, errors = 0, 0
+    print(f"| 0.0 | 0 | 0 | {rss_mib(pid):.0f} |", flush=True)
+    for step in range(int(minutes * 60 / every)):
+        latencies, errs, count = load(url, photo, clients, every)
+        total, errors = total + count, errors + errs
+        print(f"| {(step + 1) * every / 60:.1f} | {total} | {errors} | {rss_mib(pid):.0f} |", flush=True)
+
+
+def http_bench(index_dir: Path, photo: bytes, seconds: float, batching: bool = True, soak_minutes: float = 0.0) -> None:
     port = free_port()
+    env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--index", str(index_dir), "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -108,12 +130,15 @@ def http_bench(index_dir: Path, photo: bytes, seconds: float) -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         load(url, photo, 1, 3)  # warm-up
+        print(f"\n{'micro-batched (default)' if batching else 'one request at a time (before)'}:\n")
         print("| clients | requests | errors | p50 ms | p99 ms | req/s |")
         print("|---|---|---|---|---|---|")
         for clients in (1, 8, 32):
             latencies, errors, count = load(url, photo, clients, seconds)
             ms = np.array(latencies) * 1000
             print(f"| {clients} | {count} | {errors} | {np.percentile(ms, 50):.0f} | {np.percentile(ms, 99):.0f} | {count / seconds:.1f} |", flush=True)
+        if soak_minutes:
+            soak(url, server.pid, photo, soak_minutes)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -159,17 +184,22 @@ def main() -> None:
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--pad-to", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--faiss-sizes", default="100000,1000000")
+    parser.add_argument("--faiss-sizes", default="100000,1000000", help="'' skips the FAISS-alone table")
+    parser.add_argument("--soak-minutes", type=float, default=0.0, help="then 32 clients this long, sampling server RSS")
+    parser.add_argument("--skip-before", action="store_true", help="skip the unbatched server")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="diffsearch-query-"))
     padded = work / "index"
     total = pad_index(args.index, padded, args.pad_to)
     photo = sorted((ROOT / "data" / "samples").glob("*.jpg"))[0].read_bytes()
     print(f"POST /search, k=10, {total:,} vectors ({PhotoIndex.open(args.index).counts()['photos']:,} real photos), {args.seconds:.0f} s per level\n")
-    http_bench(padded, photo, args.seconds)
-    index = PhotoIndex.open(args.index)
-    real = np.vstack([index.vectors.reconstruct(int(i)) for i in index.vectors.ids()])
-    faiss_bench(real, tuple(int(s) for s in args.faiss_sizes.split(",")))
+    if not args.skip_before:
+        http_bench(padded, photo, args.seconds, batching=False)
+    http_bench(padded, photo, args.seconds, batching=True, soak_minutes=args.soak_minutes)
+    if args.faiss_sizes:
+        index = PhotoIndex.open(args.index)
+        real = np.vstack([index.vectors.reconstruct(int(i)) for i in index.vectors.ids()])
+        faiss_bench(real, tuple(int(s) for s in args.faiss_sizes.split(",")))
     shutil.rmtree(work)
 
 

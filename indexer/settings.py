@@ -39,6 +39,7 @@ class Settings:
     allowed_hosts: str = ""
     dtype: str = "auto"  # auto, bfloat16 or float32: how fast, never which vectors
     threads: int = 0  # compute threads; 0: the cores this process may use (DIFFSEARCH_THREADS also works)
+    batching: bool = True  # the server embeds concurrent queries in shared batches
     max_queue: int = 64  # queries waiting to be embedded before the server answers 503
     batch_wait_ms: float = 5.0  # how long the embedding worker waits to fill a batch
     embedding: Mapping[str, Any] = field(default_factory=dict)  # EmbeddingConfig overrides

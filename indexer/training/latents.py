@@ -79,3 +79,57 @@ def read_list(list_file: Path, root: Path | None = None) -> list[Path]:
     base = Path(root) if root else Path(list_file).parent
     lines = Path(list_file).read_text().splitlines()
     return [base / line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+class _Views(Dataset):
+    """A photo's clean centre crop and `views` random edits of it (indexer.training.views), as pixels."""
+
+    def __init__(self, paths: Sequence[Path], size: int, views: int, seed: int) -> None:
+        self.paths, self.size, self.views, self.seed = list(paths), size, views, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        from indexer.images import load_image, square_crop, to_tensor
+        from indexer.training.views import random_view
+
+        rng = np.random.default_rng([self.seed, i])
+        try:
+            image, _ = load_image(self.paths[i])
+        except InvalidImageError as exc:
+            log.warning("skipping %s", exc)
+            return torch.zeros(1 + self.views, 3, self.size, self.size), False
+        crops = [square_crop(image, self.size)] + [square_crop(random_view(image, rng), self.size) for _ in range(self.views)]
+        return to_tensor(crops), True
+
+
+@torch.no_grad()
+def encode_views(
+    paths: Sequence[Path], autoencoder_dir: Path, size: int, views: int, cache_dir: Path, seed: int = 0,
+    batch_size: int = 16, workers: int = 2,
+) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
+    """Raw latents (m, 1 + views, 32, size/8, size/8) as float16: [:, 0] the clean photo, [:, 1:] its
+    edited views; and which of the n paths they hold. Cached on disk (resumable: written at the end)."""
+    digest = cache_key(paths, size)
+    cache = Path(cache_dir) / f"views-{digest}-{views}-{seed}.npy"
+    kept_file = cache.with_suffix(".kept.npy")
+    if cache.is_file() and kept_file.is_file():
+        log.info("using cached views %s", cache)
+        return np.load(cache, mmap_mode="r"), np.load(kept_file)
+    encoder = load_encoder(autoencoder_dir).to(memory_format=torch.channels_last)
+    loader = DataLoader(_Views(paths, size, views, seed), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None)
+    out, kept = [], []
+    for pixels, ok in tqdm(loader, desc=f"encoding {len(paths)} photos x {1 + views} views", unit="batch"):
+        kept.append(ok.numpy())
+        pixels = pixels[ok]
+        flat = pixels.reshape(-1, 3, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            latents = encoder(flat).float()
+        out.append(latents.reshape(len(pixels), 1 + views, *latents.shape[1:]).half().numpy())
+    latents, mask = np.concatenate(out), np.concatenate(kept)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(kept_file, mask)
+    np.save(cache.with_suffix(".tmp.npy"), latents)
+    cache.with_suffix(".tmp.npy").rename(cache)
+    return latents, mask

@@ -28,7 +28,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm import tqdm
 
-from indexer.features import capture
+from indexer.features import capture, pool
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ class TrainConfig:
     class_weight: float = 0.0  # weight of the auxiliary class-prediction loss (0: plain diffusion training)
     num_classes: int = 0  # set from the labels when class_weight > 0
     bf16: bool = True  # autocast on CPU; ~2x faster than fp32 on recent x86
+    # Self-supervised term (SimCLR's NT-Xent): two edited views of one photo, noised to t <= ssl_t_max
+    # (the levels search reads features at), must pool to neighbouring mid-block features against the
+    # other photos of the batch. Needs precomputed views (indexer.training.latents.encode_views).
+    ssl_weight: float = 0.0
+    ssl_batch: int = 32  # photos per step for the SSL term (2 views each), on top of batch_size
+    ssl_temperature: float = 0.1
+    ssl_t_max: int = 100
+    ssl_grid: int = 4  # the mid block is pooled as search pools it: global mean + grid x grid cells
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -84,6 +92,29 @@ def build_scheduler(cfg: TrainConfig) -> DDPMScheduler:
     )
 
 
+class Projector(nn.Module):
+    """Pooled mid-block features -> a small space for the contrastive loss (training only, as in SimCLR)."""
+
+    def __init__(self, channels: int, grid: int, dim: int = 128) -> None:
+        super().__init__()
+        self.grid = grid
+        self.net = nn.Sequential(nn.Linear(channels * (1 + grid * grid), 512), nn.GELU(), nn.Linear(512, dim))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat(pool(hidden, self.grid, gap=True), dim=1)  # unit parts, exactly as search pools
+        return nn.functional.normalize(self.net(pooled), dim=1)
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss: each view must pick its partner among the 2N - 1 other views (unit vectors in)."""
+    z = torch.cat([a, b])
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    n = a.shape[0]
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return nn.functional.cross_entropy(logits, partner)
+
+
 class ClassHead(nn.Module):
     """Global mean of a block's activations -> dropout -> linear class logits (training only)."""
 
@@ -111,11 +142,14 @@ def train(
     resume: bool = False,
     labels: npt.NDArray[np.int64] | None = None,
     init_from: Path | None = None,
+    views: npt.NDArray[np.float16] | None = None,
 ) -> tuple[UNet2DModel, list[tuple[int, float]]]:
     """Train on normalised latents (n, C, h, w); returns the EMA U-Net and the loss curve (noise MSE).
 
     `labels` (n,) feed the auxiliary class loss when cfg.class_weight > 0. `init_from` starts a new
     run from another run's checkpoint (its EMA weights), e.g. to add the class loss to a trained model.
+    `views` (m, V >= 2, C, h, w), normalised like `latents`, feed the self-supervised term when
+    cfg.ssl_weight > 0.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -125,6 +159,9 @@ def train(
     if hybrid and (labels is None or len(labels) != len(data) or cfg.num_classes <= int(labels.max())):
         raise ValueError("class_weight > 0 needs one label in [0, num_classes) per latent")
     targets = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if hybrid else None
+    contrastive = cfg.ssl_weight > 0
+    if contrastive and (views is None or views.ndim != 5 or views.shape[1] < 2):
+        raise ValueError("ssl_weight > 0 needs views of shape (m, V >= 2, C, h, w)")
     model = build_unet(cfg, data.shape[1]).to(device)
     if init_from is not None and not (resume and (run_dir / "checkpoint.pt").is_file()):
         source = torch.load(init_from, map_location=device, weights_only=False)
@@ -134,11 +171,13 @@ def train(
         log.info("initialised from the EMA weights of %s (step %d)", init_from, source["step"])
     ema = copy.deepcopy(model).requires_grad_(False)
     head = ClassHead(cfg.block_out_channels[-1], max(cfg.num_classes, 1)).to(device)
+    projector = Projector(cfg.block_out_channels[-1], cfg.ssl_grid).to(device)
     scheduler = build_scheduler(cfg)
     alphas = scheduler.alphas_cumprod.to(device)
     params = list(model.parameters()) + (list(head.parameters()) if hybrid else [])
+    params += list(projector.parameters()) if contrastive else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, losses, class_losses, spent = 0, [], [], 0.0
+    step, losses, class_losses, ssl_losses, spent = 0, [], [], [], 0.0
     ckpt = run_dir / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
@@ -146,9 +185,12 @@ def train(
         ema.load_state_dict(state["ema"])
         if "head" in state:
             head.load_state_dict(state["head"])
+        if "projector" in state:
+            projector.load_state_dict(state["projector"])
         opt.load_state_dict(state["opt"])
         step, losses, spent = state["step"], state["losses"], state["seconds"]
         class_losses = state.get("class_losses", [])
+        ssl_losses = state.get("ssl_losses", [])
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d (%.1f min)", ckpt, step, spent / 60)
     generator = torch.Generator().manual_seed(cfg.seed + step)
@@ -158,21 +200,36 @@ def train(
     while step < cfg.max_steps and (time.time() - started) < cfg.max_minutes * 60:
         idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=generator)
         x0 = data[idx].float().to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=generator).to(device)
+        n_ssl = 0
+        if contrastive:  # two different views of ssl_batch photos, at search-like noise levels
+            photos = torch.randint(0, views.shape[0], (cfg.ssl_batch,), generator=generator).numpy()
+            first = torch.randint(0, views.shape[1], (cfg.ssl_batch,), generator=generator).numpy()
+            second = (first + torch.randint(1, views.shape[1], (cfg.ssl_batch,), generator=generator).numpy()) % views.shape[1]
+            pair = torch.from_numpy(np.concatenate([views[photos, first], views[photos, second]]).astype(np.float32))
+            x0 = torch.cat([x0, pair.to(device)])
+            t = torch.cat([t, torch.randint(0, cfg.ssl_t_max + 1, (2 * cfg.ssl_batch,), generator=generator).to(device)])
+            n_ssl = cfg.ssl_batch
+        noise = torch.randn(x0.shape, generator=generator).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM eq. 4
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        with autocast, capture(model, ["mid"] if hybrid else []) as hidden:
+        with autocast, capture(model, ["mid"] if hybrid or contrastive else []) as hidden:
             pred = model(xt, t).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)  # the views are denoised too
         total = loss
         if hybrid:
-            ce = torch.nn.functional.cross_entropy(head(hidden["mid"]), targets[idx].to(device), reduction="none")
-            class_loss = (alphas[t] * ce).mean()  # a photo buried in noise cannot be classified: weight by signal
-            total = loss + cfg.class_weight * class_loss
+            mid = hidden["mid"][: cfg.batch_size]
+            ce = torch.nn.functional.cross_entropy(head(mid), targets[idx].to(device), reduction="none")
+            class_loss = (alphas[t[: cfg.batch_size]] * ce).mean()  # a photo buried in noise cannot be classified
+            total = total + cfg.class_weight * class_loss
             class_losses.append((step + 1, class_loss.item()))
+        if contrastive:
+            z = projector(hidden["mid"][cfg.batch_size :].float())
+            ssl_loss = nt_xent(z[:n_ssl], z[n_ssl:], cfg.ssl_temperature)
+            total = total + cfg.ssl_weight * ssl_loss
+            ssl_losses.append((step + 1, ssl_loss.item()))
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -187,19 +244,23 @@ def train(
         postfix = {"loss": f"{np.mean([l for _, l in losses[-50:]]):.4f}"}
         if hybrid:
             postfix["class"] = f"{np.mean([l for _, l in class_losses[-50:]]):.3f}"
+        if contrastive:
+            postfix["ssl"] = f"{np.mean([l for _, l in ssl_losses[-50:]]):.3f}"
         bar.set_postfix(postfix)
         if step % cfg.checkpoint_every == 0:
-            _checkpoint(ckpt, model, ema, head, opt, step, losses, class_losses, time.time() - started, cfg)
+            _checkpoint(ckpt, model, ema, head, projector, opt, step, losses, class_losses, ssl_losses, time.time() - started, cfg)
     bar.close()
-    _checkpoint(ckpt, model, ema, head, opt, step, losses, class_losses, time.time() - started, cfg)
+    _checkpoint(ckpt, model, ema, head, projector, opt, step, losses, class_losses, ssl_losses, time.time() - started, cfg)
     return ema.cpu(), losses
 
 
-def _checkpoint(path: Path, model, ema, head, opt, step: int, losses, class_losses, seconds: float, cfg: TrainConfig) -> None:  # noqa: ANN001
+def _checkpoint(path: Path, model, ema, head, projector, opt, step: int, losses, class_losses, ssl_losses, seconds: float, cfg: TrainConfig) -> None:  # noqa: ANN001
     state = {
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "head": head.state_dict(),
+        "projector": projector.state_dict(),
+        "ssl_losses": ssl_losses,
         "opt": opt.state_dict(),
         "step": step,
         "losses": losses,

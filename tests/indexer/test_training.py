@@ -103,3 +103,25 @@ def test_class_loss_needs_one_label_per_latent(tmp_path):
     cfg = TrainConfig(image_size=64, block_out_channels=(32, 64), batch_size=2, max_steps=1, class_weight=1.0, num_classes=2)
     with pytest.raises(ValueError, match="one label"):
         train(np.zeros((4, 32, 8, 8), np.float16), cfg, tmp_path, labels=np.array([0, 1]))
+
+
+def test_views_and_the_self_supervised_term(tmp_path, sample_photos):
+    from indexer.training.latents import encode_views
+    from indexer.training.train import nt_xent, train
+
+    views, kept = encode_views(sample_photos[:6], TAEF2_DIR, 64, 2, tmp_path / "cache", workers=0)
+    assert views.shape == (6, 3, 32, 8, 8) and kept.all()
+    assert not np.allclose(views[:, 0], views[:, 1])  # an edited view is not the photo
+    again, _ = encode_views(sample_photos[:6], TAEF2_DIR, 64, 2, tmp_path / "cache", workers=0)
+    np.testing.assert_array_equal(views, again)  # cached (and seeded)
+
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    assert nt_xent(a, a, 0.1) < nt_xent(a, a.roll(1, 0), 0.1)  # partners that agree cost less
+
+    cfg = TrainConfig(image_size=64, block_out_channels=(32, 64), batch_size=4, ssl_batch=4, ssl_weight=0.5, max_steps=2, warmup_steps=1, max_minutes=5)
+    flat = np.asarray(views).reshape(-1, 32, 8, 8)
+    train(flat, cfg, tmp_path / "run", views=np.asarray(views))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert len(state["ssl_losses"]) == 2 and all(np.isfinite(l) for _, l in state["ssl_losses"])
+    with pytest.raises(ValueError, match="views"):
+        train(flat, cfg, tmp_path / "run2")

@@ -1,0 +1,162 @@
+"""Near-duplicate retrieval: is an edited copy's nearest photo its original? And dedup's threshold.
+
+    python bench/near_duplicates.py [--originals 300] [--candidate runs/ssl-model]
+
+Gallery: every Caltech-101 test photo (bench/splits/test.txt). For --originals of them (seeded)
+each edit of indexer.training.views.EDITS makes a query; recall@1 and @10 say how often the
+original is the nearest (or among the 10 nearest) gallery photo. Rows: the shipped default exactly
+as `diffsearch index` stores vectors, a candidate model (--candidate) likewise, the TAEF2 latent
+alone in both poolings, and PHash (imagehash, Hamming distance; `pip install -e '.[bench]'`).
+
+Dedup calibration: for each model row, the distances of true (edit, original) pairs against the
+distance from each edit to its nearest other photo; the threshold that keeps pair precision at
+>= 0.95 with the most recall is reported, with precision and recall there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from bench.quality import CALTECH, SPLITS  # noqa: E402
+from indexer.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
+from indexer.embedder import Embedder, normalise  # noqa: E402
+from indexer.evaluation import LabelledSet, encode_set  # noqa: E402
+from indexer.images import load_image, square_crop, to_tensor  # noqa: E402
+from indexer.model import DiffusionModel, load_model  # noqa: E402
+from indexer.training.views import EDITS  # noqa: E402
+
+CACHE = ROOT / "runs" / "eval-cache"
+
+
+class EditedQueries(Dataset):
+    def __init__(self, photos: list[Path], size: int, seed: int) -> None:
+        self.items = [(i, name) for i in range(len(photos)) for name in EDITS]
+        self.photos, self.size, self.seed = photos, size, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        i, name = self.items[k]
+        image, _ = load_image(self.photos[i])
+        rng = np.random.default_rng([self.seed, i, list(EDITS).index(name)])
+        return to_tensor([square_crop(EDITS[name](image, rng), self.size)])[0], k
+
+
+def edited(photos: list[Path], seed: int) -> list:
+    """The edited query images as PIL (for PHash), same seeds as EditedQueries."""
+    out = []
+    for i, path in enumerate(photos):
+        image, _ = load_image(path)
+        for j, name in enumerate(EDITS):
+            out.append(EDITS[name](image, np.random.default_rng([seed, i, j])))
+    return out
+
+
+def encode_queries(model: DiffusionModel, photos: list[Path], seed: int) -> torch.Tensor:
+    embedder = Embedder(EmbeddingConfig(blocks=("latent",), projection=False), RuntimeOptions(device="cpu"), model=model)
+    loader = DataLoader(EditedQueries(photos, 128, seed), batch_size=32, num_workers=2)
+    return torch.cat([embedder.encode(pixels) for pixels, _ in tqdm(loader, desc="encoding edited queries", unit="batch")])
+
+
+def vectors(model: DiffusionModel, config: EmbeddingConfig, x0: torch.Tensor) -> np.ndarray:
+    embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=64), model=model)
+    return embedder.finish(embedder.pooled_features(x0))
+
+
+def recall(distances: np.ndarray, originals: np.ndarray, ks=(1, 10)) -> dict[str, np.ndarray]:
+    order = np.argsort(distances, axis=1, kind="stable")[:, : max(ks)]
+    hits = order == originals[:, None]
+    return {f"R@{k}": hits[:, :k].any(axis=1) for k in ks}
+
+
+def calibrate(distances: np.ndarray, originals: np.ndarray) -> dict[str, float]:
+    """Pairs (query, gallery photo) under a threshold are called duplicates; the true pair is (query, original)."""
+    rows = np.arange(len(originals))
+    true = distances[rows, originals]
+    others = distances.copy()
+    others[rows, originals] = np.inf
+    best = {"threshold": 0.0, "precision": 1.0, "recall": 0.0}
+    for threshold in np.unique(np.quantile(true, np.linspace(0.01, 1.0, 200))):
+        tp = int((true <= threshold).sum())
+        fp = int((others <= threshold).sum())
+        precision = tp / max(tp + fp, 1)
+        if precision >= 0.95 and tp / len(true) > best["recall"]:
+            best = {"threshold": float(threshold), "precision": precision, "recall": tp / len(true)}
+    best["true_median"] = float(np.median(true))
+    best["nearest_other_p10"] = float(np.quantile(others.min(axis=1), 0.1))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--originals", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidate", type=Path, help="another model folder to compare with the shipped default")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "near-duplicates.json")
+    args = parser.parse_args()
+    gallery = LabelledSet.from_list(SPLITS / "test.txt", CALTECH).paths
+    rng = np.random.default_rng(args.seed)
+    picked = np.sort(rng.choice(len(gallery), args.originals, replace=False))
+    originals = np.repeat(picked, len(EDITS))
+    edit_names = np.array(list(EDITS) * args.originals)
+    shipped = load_model("default")
+    gallery_x0 = encode_set(shipped, gallery, 128, CACHE).x0
+    query_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed)
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    models = {"shipped default (as indexed)": shipped}
+    if args.candidate:
+        models[f"candidate {args.candidate.name} (as indexed)"] = load_model(str(args.candidate))
+    for name, model in models.items():
+        rows[name] = (vectors(model, EmbeddingConfig(), gallery_x0), vectors(model, EmbeddingConfig(), query_x0))
+    for name, config in (("latent only, same pooling", EmbeddingConfig(blocks=("latent",), projection=False)),
+                         ("latent only, 4x4 grid", EmbeddingConfig(blocks=("latent",), grid=4, gap=False, projection=False))):  # fmt: skip
+        rows[name] = (vectors(shipped, config, gallery_x0), vectors(shipped, config, query_x0))
+    results: dict[str, dict] = {}
+    for name, (g, q) in rows.items():
+        d = np.sqrt(np.maximum(2 - 2 * q @ g.T, 0))
+        hits = recall(d, originals)
+        results[name] = {"per_edit": {e: {k: float(v[edit_names == e].mean()) for k, v in hits.items()} for e in EDITS},
+                         "overall": {k: float(v.mean()) for k, v in hits.items()}, "dedup": calibrate(d, originals)}  # fmt: skip
+    try:
+        import imagehash
+
+        hash_g = np.array([imagehash.phash(load_image(p)[0]).hash.flatten() for p in tqdm(gallery, desc="phash gallery")])
+        hash_q = np.array([imagehash.phash(im).hash.flatten() for im in edited([gallery[i] for i in picked], args.seed)])
+        d = (hash_q[:, None, :] != hash_g[None, :, :]).sum(axis=2).astype(np.float32)
+        d += np.arange(len(gallery))[None, :] * 1e-6  # ties: the lower index first, as for the others
+        hits = recall(d, originals)
+        results["PHash (64-bit, Hamming)"] = {"per_edit": {e: {k: float(v[edit_names == e].mean()) for k, v in hits.items()} for e in EDITS},
+                                              "overall": {k: float(v.mean()) for k, v in hits.items()}}  # fmt: skip
+    except ImportError:
+        print("imagehash not installed: no PHash row (pip install -e '.[bench]')")
+    names = list(results)
+    print(f"\nNear-duplicates: {args.originals} Caltech test originals x {len(EDITS)} edits among {len(gallery)} test photos; recall@1 (recall@10)\n")
+    print("| edit | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for e in list(EDITS) + ["overall"]:
+        cells = [results[n]["overall"] if e == "overall" else results[n]["per_edit"][e] for n in names]
+        print(f"| {e} | " + " | ".join(f"{c['R@1']:.3f} ({c['R@10']:.3f})" for c in cells) + " |")
+    print("\nDedup calibration (pair precision >= 0.95, most recall):\n")
+    print("| row | threshold | precision | recall | true-pair median | nearest other p10 |")
+    print("|---|---|---|---|---|---|")
+    for n in names:
+        if "dedup" in results[n]:
+            c = results[n]["dedup"]
+            print(f"| {n} | {c['threshold']:.3f} | {c['precision']:.3f} | {c['recall']:.3f} | {c['true_median']:.3f} | {c['nearest_other_p10']:.3f} |")
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

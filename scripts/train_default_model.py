@@ -1,0 +1,108 @@
+"""Train the default U-Net: diverse photos, diffusion loss + self-supervised edit invariance.
+
+    python scripts/train_default_model.py --tiny DATA/tiny-imagenet-200 [--per-class 100] [--minutes 60]
+
+Data (never committed; see README "Training data"):
+- Tiny ImageNet 200 (`github:rangeetpan/IMagenet`, folder tiny-imagenet-200/): the first 200 wnids of
+  wnids.txt, minus every 5th (40 classes held out of ALL training, for the unseen-class benchmark),
+  `--per-class` photos each, exact duplicate files dropped;
+- Caltech-101 fit split (bench/splits/fit.txt) minus the 21 classes of bench/heldout_classes.py.
+No labels are used: the classes only decide what is held out.
+
+Steps, each cached or resumable under --run: lists -> TAEF2 latents of each photo and 2 edited views
+(indexer.training.views) -> training from scratch (diffusion MSE + NT-Xent on the views' pooled mid
+block at t <= 100) with checkpoints -> export to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from indexer.evaluation import LabelledSet  # noqa: E402
+from indexer.training.latents import encode_views  # noqa: E402
+from indexer.training.run import TAEF2_DIR, export_checkpoint, latent_statistics, normalise_latents  # noqa: E402
+from indexer.training.train import TrainConfig, train  # noqa: E402
+
+from bench.quality import CALTECH, SPLITS  # noqa: E402
+
+
+def tiny_wnids(tiny: Path) -> tuple[list[str], list[str]]:
+    """(trained, held out): the first 200 wnids (the repo adds two of its own), every 5th held out."""
+    wnids = (tiny / "wnids.txt").read_text().split()[:200]
+    held = wnids[::5]
+    return [w for w in wnids if w not in held], held
+
+
+def caltech_held_out() -> list[str]:
+    classes = sorted({line.split("/")[0] for line in (SPLITS / "test.txt").read_text().split()})
+    return classes[::5]
+
+
+def unique_files(paths: list[Path]) -> list[Path]:
+    """Drop exact duplicate files (same bytes), keeping the first."""
+    seen, out = set(), []
+    for path in paths:
+        digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append(path)
+    return out
+
+
+def training_photos(tiny: Path, per_class: int) -> list[Path]:
+    trained, _ = tiny_wnids(tiny)
+    photos = []
+    for wnid in trained:
+        photos += sorted((tiny / "train" / wnid / "images").glob("*.JPEG"))[:per_class]
+    held = set(caltech_held_out())
+    photos += [p for p in LabelledSet.from_list(SPLITS / "fit.txt", CALTECH).paths if p.parent.name not in held and p.is_file()]
+    return unique_files(photos)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", type=Path, required=True, help="the tiny-imagenet-200 folder")
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--ssl-weight", type=float, default=0.5)
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "ssl")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ssl-model")
+    parser.add_argument("--encode-only", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.run.mkdir(parents=True, exist_ok=True)
+    list_file = args.run / "photos.txt"
+    if not list_file.is_file():
+        list_file.write_text("\n".join(map(str, training_photos(args.tiny, args.per_class))) + "\n")
+    photos = [Path(p) for p in list_file.read_text().split("\n") if p]
+    logging.info("%d training photos (%s)", len(photos), list_file)
+    views, kept = encode_views(photos, TAEF2_DIR, 128, args.views, ROOT / "runs" / "cache")
+    if args.encode_only:
+        return
+    clean = np.asarray(views[:, 0])
+    mean, std = latent_statistics(clean)
+    normed = np.stack([normalise_latents(np.asarray(views[:, v]), mean, std) for v in range(views.shape[1])], axis=1)
+    (args.run / "stats.json").write_text(json.dumps({"latent_mean": mean, "latent_std": std, "photos": int(kept.sum())}))
+    cfg = TrainConfig(max_minutes=args.minutes, max_steps=args.steps, batch_size=32, ssl_weight=args.ssl_weight, checkpoint_every=100)
+    flat = normed.reshape(-1, *normed.shape[2:])  # every view is a training image for the diffusion loss
+    train(flat, cfg, args.run, resume=True, views=normed)
+    export_checkpoint(args.run, args.out)
+    (args.run / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=list))
+    print(f"exported {args.out}")
+
+
+if __name__ == "__main__":
+    main()
