@@ -11,6 +11,7 @@ download): same compute as the real one.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from indexer.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
-from indexer.embedder import Embedder  # noqa: E402
+from indexer.embedder import Embedder, cpu_has_native_bf16, pick_dtype  # noqa: E402
 from indexer.images import prepare  # noqa: E402
 from indexer.model import load_model  # noqa: E402
 
@@ -32,8 +33,8 @@ def time_decode(photos: list[Path], size: int) -> tuple[torch.Tensor, float]:
     return pixels, time.perf_counter() - started
 
 
-def bench_config(model, config: EmbeddingConfig, photos: list[Path], repeat: int) -> dict[str, float]:  # noqa: ANN001
-    embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32), model=model)
+def bench_config(model, config: EmbeddingConfig, photos: list[Path], repeat: int, dtype: str = "auto") -> dict[str, float]:  # noqa: ANN001
+    embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, dtype=dtype), model=model)
     pixels, decode = time_decode(photos, config.image_size)
     embedder.embed_pixels(pixels[:8])  # warm-up: oneDNN picks its kernels
     embedder.stage_seconds.clear()
@@ -70,21 +71,28 @@ def bench_clip(photos: list[Path], repeat: int, bf16: bool) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="only the default image size")
     args = parser.parse_args()
     photos = sorted((ROOT / "data" / "samples").glob("*.jpg"))
     model = load_model("default")
     default = EmbeddingConfig()
+    auto = pick_dtype("auto", torch.device("cpu"))
+    short = {"bfloat16": "bf16", "float32": "fp32"}
     rows: list[tuple[str, dict[str, float]]] = []
-    rows.append(("CLIP ViT-B/32 (random weights) 224px bf16 [reference]", bench_clip(photos, args.repeat, True)))
-    for size in (default.image_size, 2 * default.image_size):
+    rows.append((f"CLIP ViT-B/32 (random weights) 224px {short[auto]} [reference]", bench_clip(photos, args.repeat, auto == "bfloat16")))
+    sizes = (default.image_size,) if args.quick else (default.image_size, 2 * default.image_size)
+    for size in sizes:
         for k in (0, 1, 3):
             t = default.timestep - default.timestep % max(k, 1)
             config = default.replace(image_size=size, inversion_steps=k, timestep=t)
             tag = " [default]" if config == default else ""
-            rows.append((f"diffsearch {size}px k={k} bf16{tag}", bench_config(model, config, photos, args.repeat)))
-    rows.append((f"diffsearch {default.image_size}px k={default.inversion_steps} fp32", bench_config(model, default.replace(dtype="float32"), photos, args.repeat)))
+            rows.append((f"diffsearch {size}px k={k} auto={short[auto]}{tag}", bench_config(model, config, photos, args.repeat)))
+    for dtype in ("bfloat16", "float32"):
+        rows.append((f"diffsearch default config, {short[dtype]} forced", bench_config(model, default, photos, args.repeat, dtype)))
     reference = rows[0][1]["end to end"]
-    print(f"images/s by stage, {len(photos)} sample photos, {torch.get_num_threads()} threads, batch 32\n")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
+    print(f"images/s by stage, {len(photos)} sample photos, {torch.get_num_threads()} threads, batch 32, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, oneDNN ISA {isa}, native bf16: {cpu_has_native_bf16()}, auto dtype: {auto}\n")  # fmt: skip
     print("| configuration | decode | encode | inversion | features | end to end | vs CLIP |")
     print("|---|---|---|---|---|---|---|")
     for name, row in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from functools import cached_property
 from collections import defaultdict
@@ -32,7 +33,11 @@ Embedding = npt.NDArray[np.float32]
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """True on CPUs with bf16 matrix instructions (Intel AMX or AVX512-BF16, Arm BF16).
 
-    Without them torch emulates bf16 and runs ~7x slower than fp32 (measured on AMD Zen 3)."""
+    Without them torch emulates bf16 and runs ~7x slower than fp32 (measured on AMD Zen 3). A oneDNN
+    ISA cap (ONEDNN_MAX_CPU_ISA=AVX2, say) below the bf16 instructions counts as not having them."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    if cap != "ALL" and "AMX" not in cap and "BF16" not in cap:
+        return False
     if cpuinfo is None:
         try:
             cpuinfo = open("/proc/cpuinfo").read()  # noqa: SIM115 - a one-off read

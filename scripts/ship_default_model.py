@@ -91,8 +91,8 @@ def results_section() -> str:
     return "\n\n".join(parts)
 
 
-def fit_default_projection(model_dir: Path) -> None:
-    """PCA-whitening for the default embedding config, learned on the same fit-split photos as in bench/quality.py."""
+def fit_default_projection(model_dir: Path, photos: list[Path] | None = None) -> None:
+    """PCA-whitening for the default embedding config, learned on `photos` (default: the fit-split photos of bench/quality.py)."""
     from bench.quality import whitening_photos
     from indexer.config import EmbeddingConfig, RuntimeOptions
     from indexer.embedder import Embedder
@@ -104,7 +104,7 @@ def fit_default_projection(model_dir: Path) -> None:
     if not config.projection:
         return
     model = load_model(str(model_dir))
-    fit = whitening_photos()
+    fit = photos if photos is not None else whitening_photos()
     raw_config = config.replace(projection=False)
     embedder = Embedder(raw_config, RuntimeOptions(device="cpu", batch_size=64), model=model)
     features = embedder.pooled_features(encode_set(model, fit, config.image_size, ROOT / "runs" / "eval-cache").x0)

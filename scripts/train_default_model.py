@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "ssl")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ssl-model")
     parser.add_argument("--encode-only", action="store_true")
+    parser.add_argument("--ship", type=Path, help="after training: export here with projection and model card (e.g. data/models/default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.run.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,42 @@ def main() -> None:
     export_checkpoint(args.run, args.out)
     (args.run / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=list))
     print(f"exported {args.out}")
+    if args.ship:
+        ship(args.run, args.ship, photos, args.per_class)
+
+
+DATA_NOTE = (
+    "{photos:,} photos, no labels: Tiny ImageNet 200 train (`github:rangeetpan/IMagenet` at 6125d8a, "
+    "the first 200 wnids of wnids.txt minus every 5th, {per_class} photos each, exact duplicate files dropped) "
+    "and the Caltech-101 fit split minus 21 held-out classes (every 5th of the test split's classes)"
+)
+VIEWS_NOTE = "each photo centre-cropped plus 2 edited views: crops, re-framing, tilt, flip, colour, grayscale, blur, banner, border, JPEG"
+LICENCES = (
+    "The training photos are Caltech-101 (CC BY 4.0) and Tiny ImageNet (a subset of ImageNet, whose "
+    "terms allow non-commercial research and educational use; the photos are not redistributed here)."
+)
+
+
+def ship(run: Path, out: Path, photos: list[Path], per_class: int) -> None:
+    """The run as the bundled model: weights, licence, PCA-whitening learned on training photos, card."""
+    import shutil
+
+    from scripts.ship_default_model import LICENSE, fit_default_projection
+    from indexer.training.card import write_model_card
+
+    if out.exists():
+        shutil.rmtree(out)
+    export_checkpoint(run, out)
+    (out / "LICENSE").write_text(LICENSE.replace("The training photos (Caltech-101", "The training photos (Caltech-101 and Tiny ImageNet; the latter's terms are non-commercial research use").replace(") are CC BY 4.0", "; Caltech-101 is CC BY 4.0)"))
+    fit_default_projection(out, photos[:: max(1, len(photos) // 1500)][:1500])
+    extra = ""
+    results = ROOT / "bench" / "results"
+    for name in ("near-duplicates.md", "generalisation.md"):
+        if (results / name).is_file():
+            extra += "\n" + (results / name).read_text()
+    write_model_card(out, run, DATA_NOTE.format(photos=len(photos), per_class=per_class), extra=extra,
+                     views_note=VIEWS_NOTE, licences=LICENCES)  # fmt: skip
+    print(f"shipped {out}")
 
 
 if __name__ == "__main__":

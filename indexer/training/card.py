@@ -17,7 +17,9 @@ from indexer.taef2 import load_decoder
 log = logging.getLogger(__name__)
 
 
-def loss_curve_png(losses: list[tuple[int, float]], path: Path, size: tuple[int, int] = (640, 360)) -> None:
+def loss_curve_png(
+    losses: list[tuple[int, float]], path: Path, size: tuple[int, int] = (640, 360), title: str = "training loss (noise MSE, 50-step mean)"
+) -> None:
     """Training loss (moving average of 50 steps) against step, drawn with PIL."""
     width, height = size
     image = Image.new("RGB", size, "white")
@@ -46,7 +48,7 @@ def loss_curve_png(losses: list[tuple[int, float]], path: Path, size: tuple[int,
         draw.text((4, xy(steps[0], value)[1] - 6), f"{value:.3f}", fill="black")
     draw.text((left, bottom + 8), f"step {int(steps[0])}", fill="black")
     draw.text((right - 80, bottom + 8), f"step {int(steps[-1])}", fill="black")
-    draw.text((left + 8, top + 6), "training loss (noise MSE, 50-step mean)", fill="black")
+    draw.text((left + 8, top + 6), title, fill="black")
     image.save(path)
 
 
@@ -76,7 +78,14 @@ def sample_grid_png(model_dir: Path, path: Path, n: int = 16, steps: int = 50, s
     grid.save(path)
 
 
-def write_model_card(model_dir: Path, run_dir: Path, data_note: str, extra: str = "") -> Path:
+def write_model_card(
+    model_dir: Path,
+    run_dir: Path,
+    data_note: str,
+    extra: str = "",
+    views_note: str = "each photo and its mirror image, centre-cropped",
+    licences: str = "The training photos are Caltech-101 (CC BY 4.0).",
+) -> Path:
     """README.md with the facts of the run, loss_curve.png and samples.png, all inside model_dir."""
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / MANIFEST).read_text())
@@ -93,6 +102,14 @@ def write_model_card(model_dir: Path, run_dir: Path, data_note: str, extra: str 
         classes = cfg["num_classes"]
         stages += (f"hybrid steps add a class-prediction loss (weight {cfg['class_weight']}, {classes} folder classes, "
                    "linear head on the pooled mid block, weighted by alpha_bar(t); the head is not exported)")  # fmt: skip
+    ssl_figure = ""
+    if cfg.get("ssl_weight", 0) > 0:
+        stages += (f"diffusion loss on every view plus a self-supervised NT-Xent term (weight {cfg['ssl_weight']}, "
+                   f"temperature {cfg['ssl_temperature']}): two edited views of each of {cfg['ssl_batch']} photos per step, "
+                   f"noised to t <= {cfg['ssl_t_max']}, pooled from the mid block as search pools it, through a small "
+                   "projector (not exported); no labels")  # fmt: skip
+        loss_curve_png(state.get("ssl_losses", []), model_dir / "ssl_curve.png", title="self-supervised loss (NT-Xent, 50-step mean)")
+        ssl_figure = "\n![self-supervised loss](ssl_curve.png)\n"
     loss_curve_png(losses, model_dir / "loss_curve.png")
     sample_grid_png(model_dir, model_dir / "samples.png")
     params = sum(p.numel() for p in load_model(str(model_dir)).unet.parameters())
@@ -107,7 +124,7 @@ The latents are normalised per channel with the statistics in `diffsearch.json`.
 
 | fact | value |
 |---|---|
-| data | {data_note} (each photo and its mirror image, centre-cropped) |
+| data | {data_note} ({views_note}) |
 | steps | {steps} at batch {cfg["batch_size"]} |
 | stages | {stages or "one: diffusion loss only"} |
 | wall time | {seconds / 60:.1f} min training on {"CUDA" if torch.cuda.is_available() else "CPU"} |
@@ -117,7 +134,7 @@ The latents are normalised per channel with the statistics in `diffsearch.json`.
 | seed | {cfg["seed"]} |
 
 ![loss curve](loss_curve.png)
-
+{ssl_figure}
 16 samples, DDIM 50 steps from pure noise, decoded by TAEF2 (what the model learned about
 photos; it is trained for search features, not for image quality):
 
@@ -126,7 +143,7 @@ photos; it is trained for search features, not for image quality):
 {extra}
 
 Licences: the U-Net weights are this project's (MIT). TAEF2 (`../taef2/`) is MIT, by
-madebyollin. The training photos are Caltech-101 (CC BY 4.0).
+madebyollin. {licences}
 """
     (model_dir / "README.md").write_text(card)
     return model_dir / "README.md"

@@ -49,6 +49,11 @@ def cli(*args, timeout=300):
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout)  # fmt: skip
 
 
+def start_index(photos: Path, index_dir: Path, *flags: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "api", "index", str(photos), "--index", str(index_dir), *flags], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
+
+
 def test_a_missing_root_prunes_nothing_and_fails_the_command(tmp_path, settings, embedder):
     photos = photo_dir(tmp_path)
     index_photos([photos], settings, embedder=embedder)
@@ -102,11 +107,7 @@ def test_a_fifo_broken_link_and_deleted_bad_file_are_recorded_without_hanging(tm
 def test_sigterm_checkpoints_like_ctrl_c(tmp_path):
     photos = photo_dir(tmp_path, n=48)
     index_dir = tmp_path / "index"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api", "index", str(photos), "--index", str(index_dir), "--batch-size", "2",
-         "--workers", "0", "--checkpoint-every", "100000"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc = start_index(photos, index_dir, "--batch-size", "2", "--workers", "0", "--checkpoint-every", "100000", stderr=subprocess.PIPE)
     seen = b""
     while b"indexing:" not in seen or b" 0/48" in seen.rsplit(b"indexing:", 1)[-1][:20]:
         seen += os.read(proc.stderr.fileno(), 4096)
@@ -123,11 +124,7 @@ def test_sigterm_checkpoints_like_ctrl_c(tmp_path):
 def test_a_killed_writers_lock_is_free_at_once_and_its_temp_file_is_cleaned(tmp_path, settings, embedder):
     photos = photo_dir(tmp_path, n=64)
     index_dir = tmp_path / "index"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api", "index", str(photos), "--index", str(index_dir), "--batch-size", "4",
-         "--workers", "2", "--checkpoint-every", "4"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_index(photos, index_dir, "--batch-size", "4", "--workers", "2", "--checkpoint-every", "4")
     deadline = time.monotonic() + 120
     while not (index_dir / VECTORS_FILE).exists():
         assert time.monotonic() < deadline and proc.poll() is None
