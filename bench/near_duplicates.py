@@ -32,7 +32,7 @@ from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedder import Embedder, normalise  # noqa: E402
 from indexer.evaluation import LabelledSet, encode_set  # noqa: E402
-from indexer.images import load_image, square_crop, to_tensor  # noqa: E402
+from indexer.images import crop_for_embedding, load_image, to_tensor  # noqa: E402
 from indexer.model import DiffusionModel, load_model  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
 
@@ -51,7 +51,7 @@ class EditedQueries(Dataset):
         i, name = self.items[k]
         image, _ = load_image(self.photos[i])
         rng = np.random.default_rng([self.seed, i, list(EDITS).index(name)])
-        return to_tensor([square_crop(EDITS[name](image, rng), self.size)])[0], k
+        return to_tensor([crop_for_embedding(EDITS[name](image, rng), self.size)])[0], k
 
 
 def edited(photos: list[Path], seed: int) -> list:

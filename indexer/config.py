@@ -65,6 +65,10 @@ class EmbeddingConfig:
     power: float = 1.0
     # Apply the model's bundled PCA-whitening projection (if it ships one for this config).
     projection: bool = True
+    # Trim flat bands at the edges (letterboxing, a screenshot's frame) before the centre crop, so
+    # a framed copy meets its original (indexer.images.trim_border). Configs saved before this
+    # setting existed did not trim, and read back so.
+    trim_borders: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 8:
@@ -99,12 +103,20 @@ class EmbeddingConfig:
         return out
 
     @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> EmbeddingConfig:
+        """A config as an index stored it, from any release: settings it predates read as they were then."""
+        values = {k: v for k, v in data.items() if k != "dtype"}  # dtype: a runtime option now
+        values.setdefault("trim_borders", False)  # saved before the setting existed: no trimming
+        return cls.from_dict(values)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbeddingConfig:
+        """Named settings over the defaults (unnamed ones keep their defaults)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known - {"dtype"}  # dtype: a runtime option now, ignored in old configs
+        unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown embedding settings: {sorted(unknown)}")
-        values = {k: v for k, v in data.items() if k != "dtype"}
+        values = dict(data)
         if "blocks" in values:
             values["blocks"] = tuple(values["blocks"])
         return cls(**values)
@@ -119,6 +131,8 @@ class EmbeddingConfig:
         config: bf16 and fp32 give the same vectors to float noise, so it no longer is.
         """
         config = self.to_dict() | ({"dtype": legacy_dtype} if legacy_dtype else {})
+        if not self.trim_borders:
+            del config["trim_borders"]  # the fingerprints of configs from before the setting stay as they were
         payload = json.dumps({"config": config, "model": model_fingerprint}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -148,7 +148,7 @@ class Embedder:
 
     def prepare(self, image: ImageInput) -> torch.Tensor:
         """Decode, EXIF-transpose and crop one image to (3, S, S); raises InvalidImageError."""
-        return prepare(image, self.config.image_size)
+        return prepare(image, self.config.image_size, self.config.trim_borders)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""

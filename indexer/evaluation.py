@@ -23,7 +23,7 @@ from tqdm import tqdm
 from indexer.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedder import Embedder, normalise
 from indexer.errors import ConfigError, InvalidImageError
-from indexer.images import IMAGE_EXTENSIONS, load_image, square_crop, to_tensor
+from indexer.images import IMAGE_EXTENSIONS, crop_for_embedding, load_image, to_tensor
 from indexer.model import DiffusionModel
 from indexer.projection import fit_projection
 from indexer.training.train import TrainConfig, build_unet
@@ -104,15 +104,15 @@ def colour_histogram(pixels: torch.Tensor, bins: int = 8) -> npt.NDArray[np.floa
 
 
 class _Crops(Dataset):
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
-        self.paths, self.size = list(paths), size
+    def __init__(self, paths: Sequence[Path], size: int, trim: bool = True) -> None:
+        self.paths, self.size, self.trim = list(paths), size, trim
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
-            return to_tensor([square_crop(load_image(self.paths[i])[0], self.size)])[0]
+            return to_tensor([crop_for_embedding(load_image(self.paths[i])[0], self.size, self.trim)])[0]
         except InvalidImageError as exc:
             log.warning("evaluating a grey square for %s", exc)
             return torch.full((3, self.size, self.size), 0.5)
@@ -126,17 +126,19 @@ class EncodedSet:
     histograms: npt.NDArray[np.float32]
 
 
-def encode_set(model: DiffusionModel, paths: Sequence[Path], size: int, cache_dir: Path | None, workers: int = 2) -> EncodedSet:
+def encode_set(
+    model: DiffusionModel, paths: Sequence[Path], size: int, cache_dir: Path | None, workers: int = 2, trim: bool = True
+) -> EncodedSet:
     # Resolved paths: a relative and an absolute --root (or a link to it) share one cache entry.
     resolved = "|".join(str(Path(p).resolve()) for p in paths)
-    key = hashlib.sha256(f"{model.encoder_fingerprint}|{size}|{resolved}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{model.encoder_fingerprint}|{size}|trim={trim}|{resolved}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"encoded-{key}.pt" if cache_dir else None
     if cache and cache.is_file():
         data = torch.load(cache, weights_only=False)
         return EncodedSet(data["x0"].float(), data["histograms"])
     embedder = Embedder(EmbeddingConfig(image_size=size, blocks=("latent",), projection=False), RuntimeOptions(device="cpu"), model=model)
     x0s, hists = [], []
-    loader = DataLoader(_Crops(paths, size), batch_size=32, num_workers=workers)
+    loader = DataLoader(_Crops(paths, size, trim), batch_size=32, num_workers=workers)
     for pixels in tqdm(loader, desc=f"encoding {len(paths)} photos at {size}px", unit="batch"):
         x0s.append(embedder.encode(pixels).half())
         hists.append(colour_histogram(pixels))
@@ -204,11 +206,12 @@ def evaluate(
     for variant in variants:
         model = variant.model or next(v.model for v in variants if v.model is not None)
         size = variant.config.image_size if variant.config else 128
-        key = (model.encoder_fingerprint, size)
+        trim = variant.config.trim_borders if variant.config else True
+        key = (model.encoder_fingerprint, size, trim)
         if key not in encoded:
-            encoded[key] = encode_set(model, labelled.paths, size, cache_dir, workers)
+            encoded[key] = encode_set(model, labelled.paths, size, cache_dir, workers, trim)
         if variant.whiten and key not in fitted and fit_paths:
-            fitted[key] = encode_set(model, fit_paths, size, cache_dir, workers)
+            fitted[key] = encode_set(model, fit_paths, size, cache_dir, workers, trim)
         vectors = variant_vectors(variant, encoded[key], fitted.get(key))
         metrics = retrieval_metrics(vectors, labelled.labels)
         log.info("%s: %s", variant.name, {k: round(v, 4) for k, v in metrics.items()})

@@ -177,6 +177,45 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def trim_border(image: Image.Image, tolerance: float = 6.0, max_fraction: float = 0.35) -> Image.Image:
+    """The image without flat bands at its edges: letterboxing, a screenshot's frame, a mat.
+
+    A band is a run of edge rows (or columns) each of one colour (per-channel std below
+    `tolerance` on a 0-255 scale, measured on a <= 256 px copy). At most `max_fraction` of each
+    dimension goes per side; an image that is flat all over is returned as it is.
+    """
+    small = image.copy()
+    small.thumbnail((256, 256))
+    a = np.asarray(small, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[..., None]
+    h, w = a.shape[:2]
+
+    def run(flat: npt.NDArray[np.bool_], limit: int) -> int:
+        n = 0
+        while n < limit and flat[n]:
+            n += 1
+        return n
+
+    rows = a.std(axis=1).max(axis=1) < tolerance
+    if rows.all():
+        return image
+    top, bottom = run(rows, int(h * max_fraction)), run(rows[::-1], int(h * max_fraction))
+    inner = a[top : h - bottom] if h - bottom > top else a
+    cols = inner.std(axis=0).max(axis=1) < tolerance
+    left, right = run(cols, int(w * max_fraction)), run(cols[::-1], int(w * max_fraction))
+    if top + bottom + left + right == 0 or h - top - bottom < 8 or w - left - right < 8:
+        return image
+    sx, sy = image.size[0] / w, image.size[1] / h
+    box = (int(np.ceil(left * sx)), int(np.ceil(top * sy)), int((w - right) * sx), int((h - bottom) * sy))
+    return image.crop(box)
+
+
+def crop_for_embedding(image: Image.Image, size: int, trim: bool = True) -> Image.Image:
+    """What every photo goes through before the encoder: flat borders trimmed, then the centre square."""
+    return square_crop(trim_border(image) if trim else image, size)
+
+
 def square_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to `size` (antialiased) and take the centre square."""
     width, height = image.size
@@ -193,7 +232,7 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def prepare(source: ImageInput, size: int) -> torch.Tensor:
-    """Load and crop one image to a (3, size, size) tensor in [0, 1]."""
+def prepare(source: ImageInput, size: int, trim: bool = True) -> torch.Tensor:
+    """Load, trim flat borders (optional) and crop one image to a (3, size, size) tensor in [0, 1]."""
     image, _ = load_image(source)
-    return to_tensor([square_crop(image, size)])[0]
+    return to_tensor([crop_for_embedding(image, size, trim)])[0]

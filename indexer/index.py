@@ -73,7 +73,7 @@ class IndexSettings:
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> IndexSettings:
         return cls(
-            embedding=EmbeddingConfig.from_dict(meta["embedding"]),
+            embedding=EmbeddingConfig.from_stored(meta["embedding"]),
             fingerprint=meta["fingerprint"],
             model_fingerprint=meta["model_fingerprint"],
             dim=int(meta["dim"]),

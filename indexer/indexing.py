@@ -31,7 +31,7 @@ from indexer.config import EmbeddingConfig
 from indexer.embedder import Embedder
 from indexer.errors import IndexReadOnlyError, InvalidImageError
 from indexer.files import PhotoFile, Scan, content_hash, scan_photos
-from indexer.images import ImageInfo, load_image, square_crop, to_tensor
+from indexer.images import ImageInfo, crop_for_embedding, load_image, to_tensor
 from indexer.index import IndexSettings, PhotoIndex
 from indexer.lock import WriteLock
 from indexer.settings import Settings
@@ -149,8 +149,8 @@ def _hash_or_none(file: PhotoFile, plan: Plan) -> str | None:
 class _Decoded(Dataset):
     """Worker-side work: read, hash, decode, EXIF-transpose and crop one photo."""
 
-    def __init__(self, files: Sequence[PhotoFile], size: int) -> None:
-        self.files, self.size = list(files), size
+    def __init__(self, files: Sequence[PhotoFile], size: int, trim: bool = True) -> None:
+        self.files, self.size, self.trim = list(files), size, trim
 
     def __len__(self) -> int:
         return len(self.files)
@@ -160,7 +160,7 @@ class _Decoded(Dataset):
         file = self.files[i]
         try:
             image, info = load_image(file.path)
-            pixels = to_tensor([square_crop(image, self.size)])[0]
+            pixels = to_tensor([crop_for_embedding(image, self.size, self.trim)])[0]
             return i, pixels, info, content_hash(file.path), time.perf_counter() - started
         except InvalidImageError as exc:
             return i, None, exc.reason, "", time.perf_counter() - started
@@ -256,7 +256,7 @@ class IndexRun:
             return
         options = self.embedder.options
         loader = DataLoader(
-            _Decoded(files, self.embedder.config.image_size),
+            _Decoded(files, self.embedder.config.image_size, self.embedder.config.trim_borders),
             batch_size=options.batch_size,
             num_workers=options.workers,
             collate_fn=_collate,

@@ -91,7 +91,7 @@ class _Views(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
-        from indexer.images import load_image, square_crop, to_tensor
+        from indexer.images import crop_for_embedding, load_image, to_tensor
         from indexer.training.views import random_view
 
         rng = np.random.default_rng([self.seed, i])
@@ -100,7 +100,7 @@ class _Views(Dataset):
         except InvalidImageError as exc:
             log.warning("skipping %s", exc)
             return torch.zeros(1 + self.views, 3, self.size, self.size), False
-        crops = [square_crop(image, self.size)] + [square_crop(random_view(image, rng), self.size) for _ in range(self.views)]
+        crops = [crop_for_embedding(image, self.size)] + [crop_for_embedding(random_view(image, rng), self.size) for _ in range(self.views)]
         return to_tensor(crops), True
 
 

@@ -38,10 +38,11 @@ def test_unknown_keys_and_runtime_limits():
 
 
 def test_dtype_is_not_part_of_the_fingerprint_but_old_indexes_still_match():
-    old = {**EmbeddingConfig().to_dict(), "dtype": "bfloat16"}  # what an index stored before
-    config = EmbeddingConfig.from_dict(old)
-    assert config == EmbeddingConfig()
+    old = {k: v for k, v in EmbeddingConfig().to_dict().items() if k != "trim_borders"} | {"dtype": "bfloat16"}  # stored before
+    config = EmbeddingConfig.from_stored(old)
+    assert config == EmbeddingConfig(trim_borders=False)  # it predates trimming, so it did not trim
     assert config.fingerprint("m", legacy_dtype="bfloat16") != config.fingerprint("m")
+    assert EmbeddingConfig.from_dict({"timestep": 50}).trim_borders  # a partial config keeps today's defaults
     import hashlib, json  # noqa: E401 - the exact payload the earlier release hashed
     payload = json.dumps({"config": old, "model": "m"}, sort_keys=True)
     assert config.fingerprint("m", legacy_dtype="bfloat16") == hashlib.sha256(payload.encode()).hexdigest()[:16]

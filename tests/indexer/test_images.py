@@ -91,3 +91,19 @@ def test_heic_via_pillow_heif(tmp_path):
     assert image.size == (64, 48) and info.format == "HEIF"
     r, g, b = image.getpixel((5, 5))
     assert r > 180 and g < 60 and b < 60
+
+
+def test_flat_borders_are_trimmed_and_photos_are_left_alone():
+    from indexer.images import trim_border
+    from tests.conftest import make_photo
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    framed = Image.new("RGB", (160, 150), (20, 200, 90))
+    framed.paste(Image.new("RGB", (160, 20), (235, 55, 165)), (0, 0))  # a viewer's title bar
+    framed.paste(photo, (20, 40))
+    trimmed = trim_border(framed)
+    assert abs(trimmed.size[0] - 120) <= 2 and abs(trimmed.size[1] - 90) <= 2
+    assert trim_border(photo).size == photo.size  # no flat band: untouched
+    flat = Image.new("RGB", (64, 64), (9, 9, 9))
+    assert trim_border(flat).size == (64, 64)  # flat all over: nothing sensible to keep, so keep all
