@@ -109,7 +109,10 @@ class Embedder:
             return None
         base = self.config.replace(projection=False)
         keys = [base.fingerprint(self.model.fingerprint)]
-        keys += [base.fingerprint(self.model.fingerprint, legacy_dtype=d) for d in LEGACY_DTYPES]  # older models
+        # Projections fitted before dtype left the config, or before borders were trimmed (the
+        # features' statistics are the same either way), still serve.
+        for candidate in (base, base.replace(trim_borders=False)):
+            keys += [candidate.fingerprint(self.model.fingerprint, legacy_dtype=d) for d in (None, *LEGACY_DTYPES)]
         found = next((self.model.projections[k] for k in keys if k in self.model.projections), None)
         key = keys[0]
         if found is None:
