@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", type=Path, required=True)
     parser.add_argument("--candidate", type=Path)
-    parser.add_argument("--previous", default="default")
+    parser.add_argument("--previous", default="default", help="the last release's model folder")
     parser.add_argument("--fit-list", type=Path, default=ROOT / "runs" / "ssl" / "photos.txt")
     parser.add_argument("--per-class", type=int, default=20, help="Tiny ImageNet val photos per seen class")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generalisation.json")
@@ -69,17 +69,20 @@ def main() -> None:
     fit = fit_all[:: max(1, len(fit_all) // 1500)][:1500]
     previous = load_model(args.previous)
     chosen = EmbeddingConfig()
+    released = EmbeddingConfig(timestep=20, inversion_steps=0)  # how the last release embedded (borders now trimmed)
     whiten = {"whiten": True}
     variants = [
         Variant("colour histogram 8x8x8"),
         Variant(BASE, chosen.replace(blocks=("latent",)), previous, **whiten),
         Variant("latent only, 4x4 grid, no global mean (its best pooling)", chosen.replace(blocks=("latent",), grid=4, gap=False), previous, **whiten),
         Variant("random-init U-Net, same pipeline", chosen, random_unet_model(previous), **whiten),
-        Variant("last release's default, whitened here", chosen, previous, **whiten),
-        Variant("last release's default, as indexed", chosen, previous, as_indexed=True),
+        Variant("last release's default, whitened here", released, previous, **whiten),
+        Variant("last release's default, as indexed", released, previous, as_indexed=True),
     ]
     if args.candidate:
         candidate = load_model(str(args.candidate))
+        random_row = variants[3]
+        variants[3] = dataclasses.replace(random_row, model=random_unet_model(candidate))
         variants.append(Variant("new default, whitened here", chosen, candidate, **whiten))
         if candidate.projections:
             variants.append(Variant("new default, as indexed", chosen, candidate, as_indexed=True))

@@ -1,12 +1,13 @@
 """Near-duplicate retrieval: is an edited copy's nearest photo its original? And dedup's threshold.
 
-    python bench/near_duplicates.py [--originals 300] [--candidate runs/ssl-model]
+    python bench/near_duplicates.py [--originals 300] [--previous runs/previous-default]
 
 Gallery: every Caltech-101 test photo (bench/splits/test.txt). For --originals of them (seeded)
 each edit of indexer.training.views.EDITS makes a query; recall@1 and @10 say how often the
 original is the nearest (or among the 10 nearest) gallery photo. Rows: the shipped default exactly
-as `diffsearch index` stores vectors, a candidate model (--candidate) likewise, the TAEF2 latent
-alone in both poolings, and PHash (imagehash, Hamming distance; `pip install -e '.[bench]'`).
+as `diffsearch index` stores vectors, the last release's model (--previous) likewise (with today's
+border trimming), the TAEF2 latent alone in both poolings, and PHash (imagehash, Hamming distance;
+`pip install -e '.[bench]'`).
 
 Dedup calibration: for each model row, the distances of true (edit, original) pairs against the
 distance from each edit to its nearest other photo; the threshold that keeps pair precision at
@@ -103,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--originals", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--candidate", type=Path, help="another model folder to compare with the shipped default")
+    parser.add_argument("--previous", type=Path, help="the last release's model folder, to compare with the shipped default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "near-duplicates.json")
     args = parser.parse_args()
     gallery = LabelledSet.from_list(SPLITS / "test.txt", CALTECH).paths
@@ -115,11 +116,11 @@ def main() -> None:
     gallery_x0 = encode_set(shipped, gallery, 128, CACHE).x0
     query_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed)
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    models = {"shipped default (as indexed)": shipped}
-    if args.candidate:
-        models[f"candidate {args.candidate.name} (as indexed)"] = load_model(str(args.candidate))
-    for name, model in models.items():
-        rows[name] = (vectors(model, EmbeddingConfig(), gallery_x0), vectors(model, EmbeddingConfig(), query_x0))
+    models = {"default (as indexed)": (shipped, EmbeddingConfig())}
+    if args.previous:  # as it was released: t=20, no inversion (its projection serves the trimmed crops too)
+        models["last release's default (as indexed)"] = (load_model(str(args.previous)), EmbeddingConfig(timestep=20, inversion_steps=0))
+    for name, (model, config) in models.items():
+        rows[name] = (vectors(model, config, gallery_x0), vectors(model, config, query_x0))
     for name, config in (("latent only, same pooling", EmbeddingConfig(blocks=("latent",), projection=False)),
                          ("latent only, 4x4 grid", EmbeddingConfig(blocks=("latent",), grid=4, gap=False, projection=False))):  # fmt: skip
         rows[name] = (vectors(shipped, config, gallery_x0), vectors(shipped, config, query_x0))

@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ssl-model")
     parser.add_argument("--encode-only", action="store_true")
     parser.add_argument("--ship", type=Path, help="after training: export here with projection and model card (e.g. data/models/default)")
+    parser.add_argument("--card-only", action="store_true", help="with --ship: only rewrite the model card (after the benchmarks)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.run.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,7 @@ def main() -> None:
     (args.run / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=list))
     print(f"exported {args.out}")
     if args.ship:
-        ship(args.run, args.ship, photos, args.per_class)
+        ship(args.run, args.ship, photos, args.per_class, card_only=args.card_only)
 
 
 DATA_NOTE = (
@@ -119,18 +120,27 @@ LICENCES = (
 )
 
 
-def ship(run: Path, out: Path, photos: list[Path], per_class: int) -> None:
+def ship(run: Path, out: Path, photos: list[Path], per_class: int, card_only: bool = False) -> None:
     """The run as the bundled model: weights, licence, PCA-whitening learned on training photos, card."""
     import shutil
 
     from scripts.ship_default_model import LICENSE, fit_default_projection
-    from indexer.training.card import write_model_card
 
+    if card_only:
+        write_card(run, out, photos, per_class)
+        return
     if out.exists():
         shutil.rmtree(out)
     export_checkpoint(run, out)
     (out / "LICENSE").write_text(LICENSE.replace("The training photos (Caltech-101", "The training photos (Caltech-101 and Tiny ImageNet; the latter's terms are non-commercial research use").replace(") are CC BY 4.0", "; Caltech-101 is CC BY 4.0)"))
     fit_default_projection(out, photos[:: max(1, len(photos) // 1500)][:1500])
+    write_card(run, out, photos, per_class)
+    print(f"shipped {out}")
+
+
+def write_card(run: Path, out: Path, photos: list[Path], per_class: int) -> None:
+    from indexer.training.card import write_model_card
+
     extra = ""
     results = ROOT / "bench" / "results"
     for name in ("near-duplicates.md", "generalisation.md"):
@@ -138,7 +148,6 @@ def ship(run: Path, out: Path, photos: list[Path], per_class: int) -> None:
             extra += "\n" + (results / name).read_text()
     write_model_card(out, run, DATA_NOTE.format(photos=len(photos), per_class=per_class), extra=extra,
                      views_note=VIEWS_NOTE, licences=LICENCES)  # fmt: skip
-    print(f"shipped {out}")
 
 
 if __name__ == "__main__":
