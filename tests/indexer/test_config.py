@@ -7,7 +7,7 @@ from indexer.errors import ConfigError
 def test_fingerprint_is_stable_and_sensitive():
     a = EmbeddingConfig()
     assert a.fingerprint() == EmbeddingConfig().fingerprint()
-    assert a.fingerprint() != a.replace(timestep=50).fingerprint()
+    assert a.fingerprint() != a.replace(timestep=100).fingerprint()
     assert a.fingerprint("model-x") != a.fingerprint("model-y")
     assert EmbeddingConfig.from_dict(a.to_dict()) == a
 
