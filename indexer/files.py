@@ -46,16 +46,17 @@ class Scan:
     def was_read(self, path: str | Path) -> bool:
         """True when `path` lies under a listed root and under no folder that could not be read."""
         path = str(path)
-        if not any(_inside(path, str(root)) for root in self.listed_roots):
+        if not any(is_inside(path, str(root)) for root in self.listed_roots):
             return False
-        return not any(_inside(path, str(folder)) for folder, _ in self.unreadable)
+        return not any(is_inside(path, str(folder)) for folder, _ in self.unreadable)
 
     @property
     def seen(self) -> set[str]:
         return {str(f.path) for f in self.files} | {str(f.path) for f, _ in self.rejected}
 
 
-def _inside(path: str, folder: str) -> bool:
+def is_inside(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies below it (plain string paths, compared as given)."""
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 

@@ -202,6 +202,8 @@ class PhotoIndex:
     def remember_roots(self, roots: list[Path], follow_symlinks: bool) -> None:
         known, followed = self.roots()
         merged = known + [str(r) for r in roots if str(r) not in known]
+        if merged == known and followed >= follow_symlinks:
+            return  # nothing new: no write on every run
         with database_errors(self.dir), Session(self.engine) as session, session.begin():
             write_meta(session, {"roots": merged, "follow_symlinks": followed or follow_symlinks})
         self.write_sidecar()

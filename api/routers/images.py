@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from api.deps import PhotoId, SearcherDep
 from indexer.errors import InvalidImageError
+from indexer.files import is_inside
 from indexer.images import NotARegularFileError, load_image, open_regular
 from indexer.store import Photo
 
@@ -31,10 +32,6 @@ CHUNK = 1 << 16
 RESPONSES = {404: {"description": "Unknown id, or its file is gone"}, 410: {"description": "The file is no longer the indexed photo"}}
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def _open_indexed(searcher: SearcherDep, photo_id: int) -> tuple[Photo, IO[bytes]]:
     """The row and an open handle on its file, after checking the file is still that photo."""
     row = searcher.photo(photo_id)
@@ -43,7 +40,7 @@ def _open_indexed(searcher: SearcherDep, photo_id: int) -> tuple[Photo, IO[bytes
     roots, followed_links = searcher.index.roots()
     real = os.path.realpath(row.path)
     if roots:
-        allowed = followed_links or any(_inside(real, os.path.realpath(root)) for root in roots)
+        allowed = followed_links or any(is_inside(real, os.path.realpath(root)) for root in roots)
     else:  # an index from before roots were recorded: no links at all
         allowed = real == os.path.abspath(row.path)
     if not allowed:
