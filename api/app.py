@@ -22,6 +22,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from api.guards import BodyLimit, SecurityHeaders
 from api.routers import images, metrics, search, status
 from indexer.errors import (
+    DatabaseUnavailableError,
     ConfigError,
     DiffsearchError,
     IndexCorruptError,
@@ -31,6 +32,7 @@ from indexer.errors import (
     InvalidImageError,
 )
 from indexer.settings import Settings
+from indexer.storage import display_location
 from searcher.batching import QueueFullError
 from searcher.searcher import Searcher
 
@@ -46,12 +48,16 @@ STATUS_FOR = {
     IndexCorruptError: 503,
     IndexReadOnlyError: 503,
     QueueFullError: 503,
+    DatabaseUnavailableError: 503,
 }
 
 
 def scrub(message: str, settings: Settings) -> str:
-    """The message without the server's index path (clients learn nothing of the server's disk)."""
-    for path in {str(Path(settings.index_dir).absolute()), str(settings.index_dir)}:
+    """The message without the server's index path or database URL (clients learn nothing of the server)."""
+    where = {str(Path(settings.index_dir).absolute()), str(settings.index_dir)}
+    if settings.database:
+        where |= {settings.database, display_location(settings.database)}
+    for path in sorted(where, key=len, reverse=True):
         message = message.replace(path, "<index>")
     return message
 
@@ -60,7 +66,7 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.searcher = searcher or Searcher(settings.index_dir, settings.runtime())
+        app.state.searcher = searcher or Searcher(settings.location, settings.runtime())
         batching = settings.batching and app.state.searcher.queue is None
         if batching:
             app.state.searcher.start_batching(settings.batch_size, settings.batch_wait_ms, settings.max_queue)

@@ -1,45 +1,21 @@
-"""The `diffsearch` command line: index, check, stats, query, dedup, serve, up, train, eval."""
+"""The `diffsearch` command line: index, check, stats, query, dedup, serve, up, train, eval.
+
+The commands live in api/indexing_commands.py (write path) and api/commands.py (read path and
+the model); they register on api/options.py's `app`. This module only runs it.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import sys
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from api.options import app
 from indexer.errors import DiffsearchError
-from indexer.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find similar photos with a diffusion model.")
 log = logging.getLogger("diffsearch")
-
-IndexOpt = Annotated[Optional[Path], typer.Option("--index", "-i", help="Index folder [env DIFFSEARCH_INDEX_DIR; default ./diffsearch-index]")]
-ModelOpt = Annotated[Optional[str], typer.Option(help="Model: 'default', a diffusers folder, or a hub id")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
-
-
-def _settings(**flags: object) -> Settings:
-    if isinstance(flags.get("blocks"), str):
-        flags["blocks"] = tuple(b.strip() for b in str(flags["blocks"]).split(",") if b.strip())
-    return Settings.load(**flags)
-
-
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the work is, so it checkpoints exactly like Ctrl-C does."""
-
-
-def _terminate(_signum: int, _frame: object) -> None:
-    raise Terminated()
 
 
 def one_line(exc: BaseException) -> str:
@@ -67,122 +43,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@app.command()
-def index(
-    paths: Annotated[list[Path], typer.Argument(help="Photo folders or files")],
-    index_dir: IndexOpt = None,
-    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Drop photos deleted from the given folders")] = True,
-    follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinked folders (loops are walked once)")] = False,
-    index_type: Annotated[Optional[str], typer.Option(help="FAISS index_factory string: Flat, IVF256,Flat, HNSW32, IVF256,PQ32 ...")] = None,
-    model: ModelOpt = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Square side the photo is cropped to")] = None,
-    timestep: Annotated[Optional[int], typer.Option(help="Diffusion timestep features are read at")] = None,
-    inversion_steps: Annotated[Optional[int], typer.Option(help="DDIM inversion steps to the timestep")] = None,
-    blocks: Annotated[Optional[str], typer.Option(help="Comma-separated feature sources: latent,mid,up.0,...")] = None,
-    grid: Annotated[Optional[int], typer.Option(help="g x g spatial pooling grid")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto, bfloat16 or float32 (speed only; the vectors agree)")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per model call")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding worker processes")] = None,
-    device: DeviceOpt = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Commit progress every N photos")] = None,
-    allow_download: Annotated[Optional[bool], typer.Option("--allow-download", help="Let a hub id download (needs internet)")] = None,
-) -> None:
-    """Index photo folders (incremental: only new or changed photos are embedded)."""
-    from indexer.indexing import index_photos
-
-    try:
-        settings = _settings(
-            index_dir=index_dir, index_type=index_type, model=model, image_size=image_size, timestep=timestep,
-            inversion_steps=inversion_steps, blocks=blocks, grid=grid, dtype=dtype, batch_size=batch_size,
-            workers=workers, device=device, checkpoint_every=checkpoint_every, follow_symlinks=follow_symlinks or None,
-            allow_download=allow_download,
-        )  # fmt: skip
-        previous = signal.signal(signal.SIGTERM, _terminate)
-        try:
-            summary = index_photos(paths, settings, prune=prune)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    except DiffsearchError as exc:
-        _fail(exc)
-        return
-    typer.echo(
-        f"added {summary.added}, updated {summary.updated}, moved {summary.moved}, removed {summary.removed}, "
-        f"unchanged {summary.unchanged}, skipped {summary.skipped} (known bad), failed {summary.failed} "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s) -> {settings.index_dir}"
-    )
-    if summary.symlinks_skipped:
-        typer.echo(f"  {summary.symlinks_skipped} symbolic link(s) not followed (use --follow-symlinks)")
-    for path, reason in summary.failures[:20]:
-        typer.echo(f"  failed: {path}: {reason}")
-    if len(summary.failures) > 20:
-        typer.echo(f"  ... and {len(summary.failures) - 20} more (see `diffsearch stats --failures`)")
-    if summary.kept:
-        typer.echo(f"  kept {summary.kept} indexed photo(s) under folders that could not be read (not pruned)")
-    if summary.missing_roots:
-        typer.secho(f"error: not found, nothing under it was pruned: {', '.join(summary.missing_roots)}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
-
-
-@app.command()
-def check(
-    index_dir: IndexOpt = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Fix whatever is damaged (re-embeds what it must)")] = False,
-    device: DeviceOpt = None,
-) -> None:
-    """Verify the index: SQLite's integrity check, every vector has a row and every row a finite vector."""
-    from indexer.index import PhotoIndex
-
-    settings = _settings(index_dir=index_dir, device=device)
-    if repair:
-        from indexer.indexing import embedder_for
-        from indexer.repair import repair_index
-
-        try:
-            done = repair_index(settings.index_dir, lambda stored: embedder_for(settings, stored.embedding), settings.follow_symlinks)
-        except DiffsearchError as exc:
-            _fail(exc)
-            return
-        for action in done.actions:
-            typer.echo(f"  {action}")
-    try:
-        index = PhotoIndex.open(settings.index_dir)
-        try:
-            report = index.consistency(thorough=True)
-        finally:
-            index.close()
-    except DiffsearchError as exc:
-        _fail(exc)
-        return
-    state = ("repaired" if repair and done.changed else "consistent") if report.ok else "INCONSISTENT"
-    typer.echo(f"{state}: {report.describe()}")
-    if not report.ok:
-        if not repair:
-            typer.echo("run `diffsearch check --repair` to fix it")
-        raise typer.Exit(1)
-
-
-@app.command()
-def stats(index_dir: IndexOpt = None, as_json: JsonOpt = False, failures: Annotated[bool, typer.Option(help="List failed files")] = False) -> None:
-    """Counts, dimension, index type, disk size and embedding settings."""
-    from searcher.stats import index_stats
-
-    try:
-        info = index_stats(_settings(index_dir=index_dir).index_dir, with_failures=failures)
-    except DiffsearchError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        typer.echo(json.dumps(info.model_dump(), indent=2, default=str))
-        return
-    for key, value in info.model_dump(exclude={"failures", "embedding"}).items():
-        typer.echo(f"{key:>16}: {value}")
-    typer.echo(f"{'embedding':>16}: {json.dumps(info.embedding)}")
-    for failure in info.failures:
-        typer.echo(f"  failed: {failure.path}: {failure.reason}")
-
-
 def main() -> None:
-    from api import commands  # noqa: F401 - registers query/dedup/serve/up/train/eval
+    from api import commands, indexing_commands  # noqa: F401 - they register the commands on `app`
 
     try:
         app(standalone_mode=True)

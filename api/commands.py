@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from api.cli import DeviceOpt, IndexOpt, JsonOpt, _fail, _settings, app
+from api.indexing_commands import index as index_command
+from api.options import DatabaseOpt, DeviceOpt, IndexOpt, JsonOpt, app, fail, load_settings
 from indexer.errors import DiffsearchError
+from indexer.storage import display_location
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -26,17 +28,18 @@ def query(
     max_distance: Annotated[Optional[float], typer.Option(help="Drop results farther than this")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
     index_dir: IndexOpt = None,
+    database: DatabaseOpt = None,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find the photos most similar to IMAGE."""
     from searcher.searcher import Searcher
 
-    settings = _settings(index_dir=index_dir, device=device)
+    settings = load_settings(index_dir=index_dir, database=database, device=device)
     try:
-        results = Searcher(settings.index_dir, settings.runtime()).query(image, k, max_distance, path_prefix)
+        results = Searcher(settings.location, settings.runtime()).query(image, k, max_distance, path_prefix)
     except DiffsearchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         _echo_list(results)
@@ -49,17 +52,18 @@ def query(
 def dedup(
     threshold: Annotated[float, typer.Option(help="Euclidean distance under which two photos are duplicates (0.36: more edited copies, ~5% false pairs)")] = 0.25,
     index_dir: IndexOpt = None,
+    database: DatabaseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate photos in the index."""
     from searcher.dedup import find_duplicates
     from searcher.searcher import Searcher
 
-    settings = _settings(index_dir=index_dir)
+    settings = load_settings(index_dir=index_dir, database=database)
     try:
-        groups = find_duplicates(Searcher(settings.index_dir, settings.runtime()), threshold)
+        groups = find_duplicates(Searcher(settings.location, settings.runtime()), threshold)
     except DiffsearchError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         _echo_list(groups)
@@ -74,6 +78,7 @@ def dedup(
 @app.command()
 def serve(
     index_dir: IndexOpt = None,
+    database: DatabaseOpt = None,
     host: Annotated[Optional[str], typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port [default 8000]")] = None,
     device: DeviceOpt = None,
@@ -84,15 +89,15 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from indexer.index import PhotoIndex
+    from indexer.storage import PhotoIndex
 
-    settings = _settings(index_dir=index_dir, host=host, port=port, device=device, max_upload_mb=max_upload_mb, allowed_hosts=allowed_hosts)
+    settings = load_settings(index_dir=index_dir, database=database, host=host, port=port, device=device, max_upload_mb=max_upload_mb, allowed_hosts=allowed_hosts)
     try:
-        PhotoIndex.open(settings.index_dir).close()  # fail here, clearly, not inside the server
+        PhotoIndex.open(settings.location).close()  # fail here, clearly, not inside the server
     except DiffsearchError as exc:
-        _fail(exc)
+        fail(exc)
         return
-    typer.echo(f"diffsearch: serving {settings.index_dir} at http://{settings.host}:{settings.port}/ (Ctrl-C stops)")
+    typer.echo(f"diffsearch: serving {display_location(settings.location)} at http://{settings.host}:{settings.port}/ (Ctrl-C stops)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 
@@ -100,14 +105,13 @@ def serve(
 def up(
     folder: Annotated[Optional[Path], typer.Argument(help="Photo folder [default: the bundled sample photos]")] = None,
     index_dir: IndexOpt = None,
+    database: DatabaseOpt = None,
     host: Annotated[Optional[str], typer.Option(help="Address to bind [default 127.0.0.1]")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port [default 8000]")] = None,
 ) -> None:
     """Index FOLDER (or the sample photos), then serve it: the one-command demo."""
-    from api.cli import index as index_command
-
-    index_command([folder or SAMPLES], index_dir=index_dir)
-    serve(index_dir=index_dir, host=host, port=port)
+    index_command([folder or SAMPLES], index_dir=index_dir, database=database)
+    serve(index_dir=index_dir, database=database, host=host, port=port)
 
 
 @app.command()
@@ -138,7 +142,7 @@ def train(
     if photo_list:
         paths += read_list(photo_list, list_root)
     if not paths:
-        _fail(ValueError("no photos: give folders, files or --list"))
+        fail(ValueError("no photos: give folders, files or --list"))
     cfg = TrainConfig(max_minutes=minutes, max_steps=steps, batch_size=batch_size, image_size=image_size, seed=seed, class_weight=class_weight)
     model_dir = run_training(paths, out, cfg, run_dir, resume=resume, init_from=init_from)
     if card:
@@ -160,9 +164,9 @@ def evaluate_command(
     """Class-level retrieval quality (P@1, P@10, mAP, recall@k) with baselines and the U-Net ablation."""
     import dataclasses
 
-    from indexer.config import EmbeddingConfig
-    from indexer.evaluation import BASELINE, LabelledSet, ablation, evaluate, markdown_table
-    from indexer.model import load_model
+    from indexer.embedding.config import EmbeddingConfig
+    from indexer.training.evaluation import BASELINE, LabelledSet, ablation, evaluate, markdown_table
+    from indexer.embedding.model import load_model
 
     labelled = LabelledSet.from_list(photo_list, root) if photo_list else LabelledSet.from_tree(root)
     fit = LabelledSet.from_list(fit_list, root, skip=()).paths if fit_list else None

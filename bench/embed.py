@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from indexer.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
-from indexer.embedder import Embedder, cpu_has_native_bf16, pick_dtype  # noqa: E402
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
+from indexer.embedding.embedder import Embedder, cpu_has_native_bf16, pick_dtype  # noqa: E402
 from indexer.images import prepare  # noqa: E402
-from indexer.model import load_model  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 
 
 def time_decode(photos: list[Path], size: int) -> tuple[torch.Tensor, float]:

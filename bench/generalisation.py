@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.quality import CALTECH, SPLITS  # noqa: E402
-from indexer.config import EmbeddingConfig  # noqa: E402
-from indexer.evaluation import LabelledSet, Variant, evaluate, markdown_table, random_unet_model  # noqa: E402
-from indexer.model import load_model  # noqa: E402
+from indexer.embedding.config import EmbeddingConfig  # noqa: E402
+from indexer.training.evaluation import LabelledSet, Variant, evaluate, markdown_table, random_unet_model  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 from scripts.train_default_model import caltech_held_out, tiny_wnids  # noqa: E402
 
 BASE = "latent only, same pipeline (no U-Net)"

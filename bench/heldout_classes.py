@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from bench.quality import CALTECH, SPLITS, whitening_photos  # noqa: E402
-from indexer.config import EmbeddingConfig  # noqa: E402
-from indexer.evaluation import BASELINE, LATENT_GRID_ROW, LabelledSet, Variant, evaluate, markdown_table  # noqa: E402
-from indexer.model import load_model  # noqa: E402
+from indexer.embedding.config import EmbeddingConfig  # noqa: E402
+from indexer.training.evaluation import BASELINE, LATENT_GRID_ROW, LabelledSet, Variant, evaluate, markdown_table  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 from indexer.training.latents import encode_photos, read_list  # noqa: E402
 from indexer.training.run import TAEF2_DIR, export_checkpoint, folder_labels, normalise_latents  # noqa: E402
 from indexer.training.train import TrainConfig, train  # noqa: E402

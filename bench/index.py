@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from indexer.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
-from indexer.embedder import Embedder  # noqa: E402
-from indexer.index import PhotoIndex  # noqa: E402
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
+from indexer.embedding.embedder import Embedder  # noqa: E402
+from indexer.storage import PhotoIndex  # noqa: E402
 from indexer.indexing import index_photos  # noqa: E402
-from indexer.model import load_model  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 
 CALTECH = ROOT.parent / "shared" / "data" / "caltech101"

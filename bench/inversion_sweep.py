@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 
 from bench.near_duplicates import encode_queries, recall  # noqa: E402
 from bench.quality import CALTECH, SPLITS  # noqa: E402
-from indexer.config import EmbeddingConfig  # noqa: E402
-from indexer.evaluation import LabelledSet, Variant, encode_set, retrieval_metrics, variant_vectors  # noqa: E402
-from indexer.model import load_model  # noqa: E402
+from indexer.embedding.config import EmbeddingConfig  # noqa: E402
+from indexer.training.evaluation import LabelledSet, Variant, encode_set, retrieval_metrics, variant_vectors  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
 
 CACHE = ROOT / "runs" / "eval-cache"
@@ -50,7 +50,7 @@ def main() -> None:
             config = EmbeddingConfig(timestep=t, inversion_steps=k)
             variant = Variant(f"t={t} k={k}", config, model, whiten=True)
             g = variant_vectors(variant, gallery, fit)
-            from indexer.evaluation import EncodedSet
+            from indexer.training.evaluation import EncodedSet
 
             q = variant_vectors(variant, EncodedSet(queries, np.zeros((len(queries), 1), np.float32)), fit)
             metrics = retrieval_metrics(g, val.labels)

@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from indexer.config import EmbeddingConfig  # noqa: E402
-from indexer.evaluation import BASELINE, LabelledSet, Variant, ablation, evaluate, markdown_table  # noqa: E402
-from indexer.model import DiffusionModel, load_model  # noqa: E402
+from indexer.embedding.config import EmbeddingConfig  # noqa: E402
+from indexer.training.evaluation import BASELINE, LabelledSet, Variant, ablation, evaluate, markdown_table  # noqa: E402
+from indexer.embedding.model import DiffusionModel, load_model  # noqa: E402
 
 CALTECH = ROOT.parent / "shared" / "data" / "caltech101" / "101_ObjectCategories"
 SPLITS = ROOT / "bench" / "splits"

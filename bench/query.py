@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from indexer.index import PhotoIndex  # noqa: E402
-from indexer.store import Photo  # noqa: E402
+from indexer.storage import PhotoIndex  # noqa: E402
+from indexer.storage.rows import Photo  # noqa: E402
 
 
 def pad_index(source: Path, target: Path, total: int, seed: int = 0) -> int:

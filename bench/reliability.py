@@ -31,8 +31,8 @@ from PIL import Image  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from indexer.index import PhotoIndex  # noqa: E402
-from indexer.store import Photo  # noqa: E402
+from indexer.storage import PhotoIndex  # noqa: E402
+from indexer.storage.rows import Photo  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, seed: int) -> None:

@@ -1,8 +1,9 @@
 """diffsearch write path: images, the diffusion model, embeddings, the on-disk index, training."""
 
-from indexer.config import EmbeddingConfig
+from indexer.embedding.config import EmbeddingConfig
 from indexer.errors import (
     ConfigError,
+    DatabaseUnavailableError,
     DiffsearchError,
     IndexCorruptError,
     IndexLockedError,
@@ -15,6 +16,7 @@ from indexer.errors import (
 
 __all__ = [
     "ConfigError",
+    "DatabaseUnavailableError",
     "DiffsearchError",
     "EmbeddingConfig",
     "IndexCorruptError",

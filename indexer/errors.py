@@ -42,3 +42,7 @@ class IndexCorruptError(DiffsearchError):
 
 class IndexReadOnlyError(DiffsearchError):
     """The index must be changed but this process may not write to its folder."""
+
+
+class DatabaseUnavailableError(DiffsearchError):
+    """The index's database server cannot be reached or refused the connection."""

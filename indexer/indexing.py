@@ -16,26 +16,26 @@ import os
 import time
 from functools import partial
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from indexer.config import EmbeddingConfig
-from indexer.embedder import Embedder
-from indexer.errors import IndexReadOnlyError, InvalidImageError
+from indexer.embedding.config import EmbeddingConfig
+from indexer.embedding.embedder import Embedder
+from indexer.errors import InvalidImageError
 from indexer.files import PhotoFile, Scan, content_hash, scan_photos
 from indexer.images import ImageInfo, crop_for_embedding, load_image, to_tensor
-from indexer.index import IndexSettings, PhotoIndex
-from indexer.lock import WriteLock
+from indexer.storage import IndexSettings, PhotoIndex
 from indexer.settings import Settings
-from indexer.store import Failure, Photo, delete_failures, delete_photos, is_writable, photos_under, utcnow
+from indexer.storage.rows import Failure, Photo, delete_failures, delete_photos, photos_under, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ class IndexSummary:
     @property
     def images_per_second(self) -> float:
         return (self.added + self.updated) / self.embedded_seconds if self.embedded_seconds else 0.0
+
+
+@dataclass
+class Embedded:
+    """One photo's outcome from an engine: its vector and what its row keeps, or why it failed."""
+
+    i: int  # position in the run's list of files to embed
+    vector: npt.NDArray[np.float32] | None
+    info: ImageInfo | None
+    digest: str
+    failure: str | None = None
+
+
+EmbedEngine = Callable[[list[PhotoFile]], Iterator[list[Embedded]]]
 
 
 @dataclass
@@ -191,11 +205,14 @@ class IndexRun:
         embedder: Embedder,
         checkpoint_every: int = 256,
         checkpoint_seconds: float = 60.0,
-        lock: WriteLock | None = None,
+        lock: object | None = None,
+        engine: EmbedEngine | None = None,
     ) -> None:
+        """`engine`: turns files into Embedded batches (default: this machine; see ray_engine.py)."""
         self.index, self.embedder = index, embedder
+        self.embed_files: EmbedEngine = engine or self._local
         self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
-        self.worker_closes = tuple(fd for fd in [lock.fileno if lock else None] if fd is not None)
+        self.worker_closes = tuple(fd for fd in [getattr(lock, "fileno", None)] if fd is not None)
 
     def run(self, roots: Sequence[Path], prune: bool = True, follow_symlinks: bool = False) -> IndexSummary:
         started = time.perf_counter()
@@ -233,9 +250,7 @@ class IndexRun:
             delete_failures(session, plan.stale_failures)
             for file, reason in plan.failures:
                 self._record_failure(session, file, reason, summary)
-        if gone:
-            self.index.vectors.remove(gone)
-            self.index.vectors.save()
+        self.index.remove_vectors(gone)
         summary.unchanged, summary.skipped = plan.unchanged + len(plan.touched), plan.skipped
         summary.moved, summary.removed, summary.kept = len(plan.moved), len(plan.deleted_ids), plan.kept
 
@@ -254,21 +269,12 @@ class IndexRun:
     def _embed(self, files: list[PhotoFile], replaced: set[str], summary: IndexSummary) -> None:
         if not files:
             return
-        options = self.embedder.options
-        loader = DataLoader(
-            _Decoded(files, self.embedder.config.image_size, self.embedder.config.trim_borders),
-            batch_size=options.batch_size,
-            num_workers=options.workers,
-            collate_fn=_collate,
-            prefetch_factor=4 if options.workers else None,
-            worker_init_fn=partial(_init_worker, self.worker_closes),
-        )
         since, last_save = 0, time.monotonic()
         session = Session(self.index.engine)
         bar = tqdm(total=len(files), desc="indexing", unit=" img")
         try:
-            for batch in loader:
-                since += self._embed_batch(session, files, batch, replaced, summary)
+            for batch in self.embed_files(files):
+                since += self._store_batch(session, files, batch, replaced, summary)
                 bar.update(len(batch))
                 if since >= self.checkpoint_every or time.monotonic() - last_save >= self.checkpoint_seconds:
                     self._checkpoint(session)
@@ -279,29 +285,49 @@ class IndexRun:
             session.close()
             bar.close()
 
-    def _embed_batch(
-        self, session: Session, files: list[PhotoFile], batch: list, replaced: set[str], summary: IndexSummary
+    def _local(self, files: list[PhotoFile]) -> Iterator[list[Embedded]]:
+        """The local engine: decode in worker processes, embed batches in this one."""
+        options = self.embedder.options
+        loader = DataLoader(
+            _Decoded(files, self.embedder.config.image_size, self.embedder.config.trim_borders),
+            batch_size=options.batch_size,
+            num_workers=options.workers,
+            collate_fn=_collate,
+            prefetch_factor=4 if options.workers else None,
+            worker_init_fn=partial(_init_worker, self.worker_closes),
+        )
+        for batch in loader:
+            self.embedder.stage_seconds["decode (workers)"] += sum(item[4] for item in batch)
+            good = [item for item in batch if item[1] is not None]
+            vectors = self.embedder.embed_pixels(torch.stack([item[1] for item in good])) if good else []
+            out = [Embedded(i, None, None, "", str(reason)) for i, pixels, reason, _, _ in batch if pixels is None]
+            out += [Embedded(i, vector, info, digest) for (i, _, info, digest, _), vector in zip(good, vectors)]
+            yield out
+
+    def _store_batch(
+        self, session: Session, files: list[PhotoFile], batch: list[Embedded], replaced: set[str], summary: IndexSummary
     ) -> int:
-        good = [(i, pixels, info, digest) for i, pixels, info, digest, _ in batch if pixels is not None]
-        self.embedder.stage_seconds["decode (workers)"] += sum(item[4] for item in batch)
-        for i, pixels, reason, _, _ in batch:
-            if pixels is None:
-                self._record_failure(session, files[i], str(reason), summary)
+        """One batch of results into rows (flushed, so they get ids) and vectors under those ids."""
+        for item in batch:
+            if item.failure is not None:
+                self._record_failure(session, files[item.i], item.failure, summary)
+        good = [item for item in batch if item.failure is None]
         if not good:
             return 0
-        vectors = self.embedder.embed_pixels(torch.stack([pixels for _, pixels, _, _ in good]))
         rows = []
-        for (i, _, info, digest), _vector in zip(good, vectors):
-            file = files[i]
+        for item in good:
+            file, info = files[item.i], item.info
+            assert info is not None
             row = Photo(
-                path=str(file.path), content_hash=digest, size=file.size, mtime=file.mtime, width=info.width,
+                path=str(file.path), content_hash=item.digest, size=file.size, mtime=file.mtime, width=info.width,
                 height=info.height, format=info.format, taken_at=info.taken_at, indexed_at=utcnow(),
             )  # fmt: skip
             session.add(row)
             rows.append(row)
-        session.execute(delete(Failure).where(Failure.path.in_([str(files[i].path) for i, *_ in good])))
-        session.flush()  # assigns the AUTOINCREMENT ids that become the FAISS ids
-        self.index.vectors.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
+        session.execute(delete(Failure).where(Failure.path.in_([str(files[item.i].path) for item in good])))
+        session.flush()  # assigns the ids that become the vector ids
+        vectors = np.stack([item.vector for item in good]).astype(np.float32)
+        self.index.add_vectors(session, np.array([r.id for r in rows], dtype=np.int64), vectors)
         updated = sum(row.path in replaced for row in rows)
         summary.updated += updated
         summary.added += len(rows) - updated
@@ -309,7 +335,7 @@ class IndexRun:
 
     def _checkpoint(self, session: Session) -> None:
         session.commit()
-        self.index.vectors.save()
+        self.index.save_vectors()
 
 
 
@@ -328,24 +354,24 @@ def index_photos(
     prune: bool = True,
     embedder: Embedder | None = None,
 ) -> IndexSummary:
-    """Bring the index at settings.index_dir up to date with `roots` (creating it if needed)."""
-    index_dir = Path(settings.index_dir)
-    try:
-        index_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise IndexReadOnlyError(f"cannot create the index folder {index_dir}: {exc.strerror or exc}") from None
-    if not is_writable(index_dir):
-        raise IndexReadOnlyError(f"cannot write to the index at {index_dir}: check its permissions, or use another --index folder")
-    with WriteLock(index_dir) as lock:
-        stored = PhotoIndex.stored_settings(index_dir)
+    """Bring the index at settings.location up to date with `roots` (creating it if needed)."""
+    location = settings.location
+    with PhotoIndex.write_lock(location) as lock:
+        stored = PhotoIndex.stored_settings(location)
         embedder = embedder_for(settings, stored.embedding if stored else None, embedder)
         index_type = settings.index_type or (stored.index_type if stored else "Flat")
         wanted = IndexSettings(
             embedder.config, embedder.fingerprint, embedder.model.fingerprint, embedder.dim, index_type, embedder.legacy_fingerprints
         )
-        index = PhotoIndex.open_for_writing(index_dir, wanted)
+        index = PhotoIndex.open_for_writing(location, wanted)
         try:
-            run = IndexRun(index, embedder, settings.checkpoint_every, lock=lock)
+            engine = None
+            if settings.engine == "ray":
+                from indexer.ray_engine import RayEngine
+
+                # Shards go under the index folder (with --database: the local --index folder).
+                engine = RayEngine(embedder, Path(settings.index_dir), settings.ray_address, settings.batch_size)
+            run = IndexRun(index, embedder, settings.checkpoint_every, lock=lock, engine=engine)
             return run.run(roots, prune, settings.follow_symlinks)
         finally:
             index.close()

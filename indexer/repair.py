@@ -23,10 +23,13 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import IndexCorruptError, IndexNotFoundError
 from indexer.files import PhotoFile
-from indexer.index import SIDECAR_FILE, IndexSettings, PhotoIndex
-from indexer.lock import WriteLock
-from indexer.store import DB_FILE, Photo, delete_photos, integrity_problems, open_engine
-from indexer.vectors import VECTORS_FILE, VectorStore
+from indexer.storage import IndexSettings, PhotoIndex, display_location, is_database_url
+from indexer.storage.base import Location
+from indexer.storage.folder import SIDECAR_FILE, FolderIndex
+from indexer.storage.lock import WriteLock
+from indexer.storage.rows import Photo, delete_photos
+from indexer.storage.sqlite import DB_FILE, integrity_problems, open_engine
+from indexer.storage.vectors import VECTORS_FILE, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +74,16 @@ def _vectors_are_readable(index_dir: Path, settings: IndexSettings) -> bool:
     return True
 
 
-def repair_index(index_dir: Path, embedder_for, follow_symlinks: bool = False) -> RepairReport:  # noqa: ANN001
-    """Repair the index at `index_dir`; `embedder_for(IndexSettings)` gives the Embedder to re-embed with."""
+def repair_index(location: Location, embedder_for, follow_symlinks: bool = False) -> RepairReport:  # noqa: ANN001
+    """Repair the index at `location`; `embedder_for(IndexSettings)` gives the Embedder to re-embed with."""
     from indexer.indexing import IndexRun
 
-    index_dir = Path(index_dir)
     report = RepairReport()
+    if is_database_url(location):
+        return _repair_database(location, embedder_for, report)
+    index_dir = Path(location)
     with WriteLock(index_dir):
-        sidecar = PhotoIndex.read_sidecar(index_dir)
+        sidecar = FolderIndex.read_sidecar(index_dir)
         problems = _database_is_sound(index_dir)
         rebuild_rows = bool(problems)
         if rebuild_rows:
@@ -113,18 +118,31 @@ def repair_index(index_dir: Path, embedder_for, follow_symlinks: bool = False) -
     return report
 
 
+def _repair_database(location: Location, embedder_for, report: RepairReport) -> RepairReport:  # noqa: ANN001
+    """A Postgres index: its own transactions keep rows and vectors together, and Postgres has its
+    own recovery; what is left to fix is rows whose vectors were lost, re-embedded from their files."""
+    with PhotoIndex.write_lock(location):
+        settings = PhotoIndex.stored_settings(location)
+        if settings is None:
+            raise IndexNotFoundError(f"no index at {display_location(location)} to repair")
+        index = PhotoIndex.open_for_writing(location, settings)
+        try:
+            _repair_vectors(index, embedder_for(settings), report)
+        finally:
+            index.close()
+    return report
+
+
 def _repair_vectors(index: PhotoIndex, embedder, report: RepairReport) -> None:  # noqa: ANN001
     from indexer.indexing import IndexRun
 
     state = index.consistency(thorough=True)
     broken = set(state.rows_without_vectors) | set(state.nonfinite)
     if state.nonfinite:
-        index.vectors.remove(state.nonfinite)
-        index.vectors.save()
+        index.remove_vectors(state.nonfinite)
         report.actions.append(f"removed {len(state.nonfinite)} non-finite (NaN/inf) vector(s)")
     if state.vectors_without_rows:
-        index.vectors.remove(state.vectors_without_rows)
-        index.vectors.save()
+        index.remove_vectors(state.vectors_without_rows)
         report.actions.append(f"removed {len(state.vectors_without_rows)} vector(s) without a row")
     if not broken:
         return

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
-from indexer.index import DEFAULT_INDEX_DIR
+from indexer.storage import display_location, is_database_url
+from indexer.storage.folder import DEFAULT_INDEX_DIR
 
 ENV_PREFIX = "DIFFSEARCH_"
 EMBEDDING_FIELDS = {f.name: f.type for f in dataclasses.fields(EmbeddingConfig)}
@@ -24,6 +25,11 @@ EMBEDDING_FIELDS = {f.name: f.type for f in dataclasses.fields(EmbeddingConfig)}
 @dataclass(frozen=True)
 class Settings:
     index_dir: Path = DEFAULT_INDEX_DIR
+    # postgresql+psycopg://... : rows and vectors in Postgres + pgvector (the [postgres] extra)
+    # instead of index_dir's SQLite + FAISS; index_dir then only caches thumbnails.
+    database: str = ""
+    engine: str = "local"  # local, or ray: decode and embed new photos on a Ray cluster ([distributed])
+    ray_address: str = ""  # "" starts Ray on this machine; "auto" or ray://host:10001 joins a cluster
     device: str = "auto"
     batch_size: int = 32
     workers: int = 2
@@ -70,7 +76,17 @@ class Settings:
                 raise ConfigError(f"unknown setting {name!r}")
         if "index_dir" in values:
             values["index_dir"] = Path(values["index_dir"])
-        return cls(**values, embedding=embedding)
+        settings = cls(**values, embedding=embedding)
+        if settings.database and not is_database_url(settings.database):
+            raise ConfigError(f"--database must be a postgresql:// URL, got {display_location(settings.database)!r}")
+        if settings.engine not in ("local", "ray"):
+            raise ConfigError(f"--engine must be local or ray, got {settings.engine!r}")
+        return settings
+
+    @property
+    def location(self) -> str | Path:
+        """Where the index lives: the database URL when one is set, else the index folder."""
+        return self.database or self.index_dir
 
     def allowed_host_names(self) -> tuple[str, ...]:
         extra = tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip())

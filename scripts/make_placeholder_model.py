@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from indexer.images import prepare  # noqa: E402
-from indexer.taef2 import load_encoder  # noqa: E402
+from indexer.embedding.taef2 import load_encoder  # noqa: E402
 from indexer.training.run import TAEF2_DIR, export_model, latent_statistics  # noqa: E402
 from indexer.training.train import TrainConfig, build_unet  # noqa: E402
 

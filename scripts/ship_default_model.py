@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from indexer.evaluation import BASELINE  # noqa: E402
+from indexer.training.evaluation import BASELINE  # noqa: E402
 from indexer.training.card import write_model_card  # noqa: E402
 from indexer.training.run import export_checkpoint  # noqa: E402
 
@@ -75,7 +75,7 @@ def results_section() -> str:
     test = ROOT / "bench" / "results" / "quality-test.json"
     if test.is_file():
         data = json.loads(test.read_text())
-        from indexer.evaluation import EvalResult, markdown_table
+        from indexer.training.evaluation import EvalResult, markdown_table
 
         rows = [EvalResult(**r) for r in data["results"]]
         parts.append("## Retrieval quality (Caltech-101 test split, reported once)\n\n" + data["header"] + "\n\n"
@@ -94,11 +94,11 @@ def results_section() -> str:
 def fit_default_projection(model_dir: Path, photos: list[Path] | None = None) -> None:
     """PCA-whitening for the default embedding config, learned on `photos` (default: the fit-split photos of bench/quality.py)."""
     from bench.quality import whitening_photos
-    from indexer.config import EmbeddingConfig, RuntimeOptions
-    from indexer.embedder import Embedder
-    from indexer.evaluation import encode_set
-    from indexer.model import load_model
-    from indexer.projection import fit_projection
+    from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+    from indexer.embedding.embedder import Embedder
+    from indexer.training.evaluation import encode_set
+    from indexer.embedding.model import load_model
+    from indexer.embedding.projection import fit_projection
 
     config = EmbeddingConfig()
     if not config.projection:

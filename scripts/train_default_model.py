@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from indexer.evaluation import LabelledSet  # noqa: E402
+from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR, export_checkpoint, latent_statistics, normalise_latents  # noqa: E402
 from indexer.training.train import TrainConfig, train  # noqa: E402

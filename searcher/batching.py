@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from indexer.embedder import Embedder
+from indexer.embedding.embedder import Embedder
 from indexer.errors import DiffsearchError
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from indexer.store import Photo
+from indexer.storage.rows import Photo
 
 
 class SearchResult(BaseModel):

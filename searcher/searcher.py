@@ -13,14 +13,13 @@ import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer.config import RuntimeOptions
-from indexer.embedder import Embedder
+from indexer.embedding.config import RuntimeOptions
+from indexer.embedding.embedder import Embedder
 from indexer.errors import ConfigError, IndexCorruptError, IndexMismatchError
 from indexer.images import ImageInput
-from indexer.index import PhotoIndex
-from indexer.model import DiffusionModel
-from indexer.store import Photo
-from indexer.vectors import VECTORS_FILE, VectorStore
+from indexer.storage import PhotoIndex, VectorIndex
+from indexer.embedding.model import DiffusionModel
+from indexer.storage.rows import Photo
 from searcher.batching import EmbeddingQueue
 from searcher.results import SearchResult
 
@@ -33,20 +32,19 @@ class Searcher:
     """Read-only access to an index; safe to share between threads; sees a running indexer's checkpoints."""
 
     def __init__(
-        self, index_dir: str | os.PathLike, options: RuntimeOptions | None = None, model: DiffusionModel | None = None
+        self, location: str | os.PathLike, options: RuntimeOptions | None = None, model: DiffusionModel | None = None
     ) -> None:
-        self.index = PhotoIndex.open(Path(index_dir))
+        """`location`: an index folder, or the postgresql:// URL of a Postgres index."""
+        self.index = PhotoIndex.open(location)
         settings = self.index.settings
         self.embedder = Embedder(settings.embedding, options or RuntimeOptions(workers=0), model=model)
         if not self.embedder.matches(settings.fingerprint):
             raise IndexMismatchError(
-                f"{index_dir} was built with embedder {settings.fingerprint} (model {settings.embedding.model!r}, "
+                f"{self.index.location} was built with embedder {settings.fingerprint} (model {settings.embedding.model!r}, "
                 f"weights {settings.model_fingerprint}), but that model now loads as {self.embedder.fingerprint} "
                 f"(weights {self.embedder.model.fingerprint}): the model changed on disk; re-index into a new folder"
             )
-        self._lock = threading.Lock()
         self._model_lock = threading.Lock()
-        self._vectors_stamp: tuple[int, int] | None = self._stamp()
         self.queue: EmbeddingQueue | None = None
 
     def start_batching(self, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64) -> EmbeddingQueue:
@@ -55,40 +53,23 @@ class Searcher:
             self.queue = EmbeddingQueue(self.embedder, max_batch, wait_ms, max_queue)
         return self.queue
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = (self.index.dir / VECTORS_FILE).stat()
-            return stat.st_mtime_ns, stat.st_size
-        except FileNotFoundError:
-            return None
-
-    def _fresh_vectors(self) -> VectorStore:
-        """The vectors, reloaded if an indexer saved a new file since (the rename makes it whole)."""
-        with self._lock:
-            stamp = self._stamp()
-            if stamp != self._vectors_stamp:
-                s = self.index.settings
-                self.index.vectors = VectorStore(self.index.dir / VECTORS_FILE, s.dim, s.index_type)
-                self._vectors_stamp = stamp
-            return self.index.vectors
+    def _fresh_vectors(self) -> VectorIndex:
+        """The vectors as the indexer last saved them."""
+        return self.index.fresh_vectors()
 
     def __len__(self) -> int:
         return len(self._fresh_vectors())
-
-    def vectors_file_exists(self) -> bool:
-        return (self.index.dir / VECTORS_FILE).is_file()
 
     def counts(self) -> dict[str, int]:
         """Rows, vectors and failures, with the vectors as the indexer last saved them."""
         self._fresh_vectors()
         return self.index.counts()
 
-    def _check_vectors_present(self, store: VectorStore) -> None:
-        """Rows but no vectors file is damage, not an empty index: say so instead of finding nothing."""
-        if len(store) == 0 and not self.vectors_file_exists() and self.index.counts()["photos"] > 0:
-            raise IndexCorruptError(
-                f"{self.index.dir / VECTORS_FILE} is missing but the index has photos: run `diffsearch check --repair`"
-            )
+    def _check_vectors_present(self) -> None:
+        """Rows but no vectors is damage, not an empty index: say so instead of finding nothing."""
+        problem = self.index.missing_vectors_problem()
+        if problem:
+            raise IndexCorruptError(problem)
 
     def embed(self, images: Sequence[ImageInput]) -> npt.NDArray[np.float32]:
         """Decode here (in the caller's thread, in parallel with other callers), then embed: through
@@ -136,10 +117,14 @@ class Searcher:
         if max_distance is not None and max_distance < 0:
             raise ConfigError(f"max_distance must be >= 0, got {max_distance}")
         store = self._fresh_vectors()
-        self._check_vectors_present(store)
+        self._check_vectors_present()
         prefix = _normalise_prefix(path_prefix)
         out = []
         for vector in vectors:
+            if store.filters_natively:  # the store applies the prefix inside its search
+                d2, ids = store.search(vector[None], k, path_prefix=prefix)
+                out.append(self._results(d2[0], ids[0], max_distance, prefix)[:k])
+                continue
             fetch = k if prefix is None else min(len(store), 4 * k)
             while True:
                 d2, ids = store.search(vector[None], max(fetch, 1))

@@ -7,8 +7,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer.index import PhotoIndex
-from indexer.store import Failure
+from indexer.storage import PhotoIndex
+from indexer.storage.rows import Failure
 from searcher.results import FailureInfo, IndexStats
 
 
@@ -19,7 +19,7 @@ def stats_of(index: PhotoIndex, with_failures: bool = False) -> IndexStats:
         with Session(index.engine) as session:
             failures = [FailureInfo(path=f.path, reason=f.reason) for f in session.scalars(select(Failure))]
     return IndexStats(
-        index_dir=str(index.dir),
+        index_dir=index.location,
         photos=counts["photos"],
         vectors=counts["vectors"],
         failures_count=counts["failures"],
@@ -33,8 +33,8 @@ def stats_of(index: PhotoIndex, with_failures: bool = False) -> IndexStats:
     )
 
 
-def index_stats(index_dir: Path, with_failures: bool = False) -> IndexStats:
-    index = PhotoIndex.open(index_dir)
+def index_stats(location: str | Path, with_failures: bool = False) -> IndexStats:
+    index = PhotoIndex.open(location)
     try:
         return stats_of(index, with_failures)
     finally:

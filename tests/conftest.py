@@ -22,15 +22,15 @@ def sample_photos() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def default_model():  # noqa: ANN201
-    from indexer.model import load_model
+    from indexer.embedding.model import load_model
 
     return load_model("default")
 
 
 @pytest.fixture(scope="session")
 def embedder(default_model):  # noqa: ANN001, ANN201
-    from indexer.config import EmbeddingConfig, RuntimeOptions
-    from indexer.embedder import Embedder
+    from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+    from indexer.embedding.embedder import Embedder
 
     return Embedder(EmbeddingConfig(), RuntimeOptions(batch_size=16, device="cpu"), model=default_model)
 
@@ -66,7 +66,7 @@ def sample_index(tmp_path_factory, sample_photos, embedder):  # noqa: ANN001, AN
 
 @pytest.fixture(scope="session")
 def searcher(sample_index, default_model):  # noqa: ANN001, ANN201
-    from indexer.config import RuntimeOptions
+    from indexer.embedding.config import RuntimeOptions
     from searcher.searcher import Searcher
 
     return Searcher(sample_index, RuntimeOptions(device="cpu", workers=0), model=default_model)

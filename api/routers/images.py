@@ -23,7 +23,7 @@ from api.deps import PhotoId, SearcherDep
 from indexer.errors import InvalidImageError
 from indexer.files import is_inside
 from indexer.images import NotARegularFileError, load_image, open_regular
-from indexer.store import Photo
+from indexer.storage.rows import Photo
 
 router = APIRouter(prefix="/images", tags=["images"])
 
@@ -105,15 +105,16 @@ async def thumbnail(
 ) -> Response:
     row, handle = await run_in_threadpool(_open_indexed, searcher, photo_id)
     # Keyed by content hash: a changed photo gets a new thumbnail, never a stale one.
-    target = searcher.index.dir / THUMBNAIL_DIR / f"{row.content_hash}-{size}.jpg"
+    cache = searcher.index.cache_dir  # None (a Postgres index): no shared folder, render each time
+    target = cache / THUMBNAIL_DIR / f"{row.content_hash}-{size}.jpg" if cache else None
     headers = {"Cache-Control": "max-age=86400"}
-    if target.is_file():
+    if target is not None and target.is_file():
         handle.close()
         return FileResponse(target, media_type="image/jpeg", headers=headers)
     try:
         data = await run_in_threadpool(_render_thumbnail, handle, size)
     except InvalidImageError as exc:
         raise HTTPException(422, f"photo {photo_id} can no longer be read: {exc.reason}") from None
-    if not searcher.index.read_only:
+    if target is not None and not searcher.index.read_only:
         await run_in_threadpool(_cache, target, data)
     return Response(data, media_type="image/jpeg", headers=headers)

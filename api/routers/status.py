@@ -25,7 +25,7 @@ def health(searcher: SearcherDep) -> Health:
         return Health(status="ok", photos=counts["photos"])
     detail = (
         f"{counts['photos']} photo rows but {counts['vectors']} vectors"
-        + ("; the vectors file is missing" if not searcher.vectors_file_exists() else "")
+        + ("; the vectors file is missing" if searcher.index.missing_vectors_problem() else "")
         + ": run `diffsearch check --repair` (a running indexer may also be between two saves)"
     )
     return Health(status="degraded", photos=counts["photos"], detail=detail)

@@ -11,8 +11,8 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
 
-from indexer.model import MANIFEST, load_model
-from indexer.taef2 import load_decoder
+from indexer.embedding.model import MANIFEST, load_model
+from indexer.embedding.taef2 import load_decoder
 
 log = logging.getLogger(__name__)
 

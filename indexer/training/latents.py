@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from indexer.errors import InvalidImageError
 from indexer.images import prepare
-from indexer.taef2 import load_encoder
+from indexer.embedding.taef2 import load_encoder
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.model import DATA_DIR, MANIFEST
+from indexer.embedding.model import DATA_DIR, MANIFEST
 from indexer.training.latents import encode_photos
 from indexer.training.train import TrainConfig, build_scheduler, build_unet, train
 

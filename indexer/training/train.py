@@ -28,7 +28,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm import tqdm
 
-from indexer.features import capture, pool
+from indexer.embedding.features import capture, pool
 
 log = logging.getLogger(__name__)
 

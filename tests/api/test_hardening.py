@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from indexer.config import RuntimeOptions
+from indexer.embedding.config import RuntimeOptions
 from indexer.indexing import index_photos
 from indexer.settings import Settings
-from indexer.vectors import VECTORS_FILE
+from indexer.storage.vectors import VECTORS_FILE
 from searcher import Searcher
 from tests.api.live import live_server
 

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from indexer.index import PhotoIndex
-from indexer.store import Photo
+from indexer.storage import PhotoIndex
+from indexer.storage.rows import Photo
 from tests.conftest import ROOT, make_photo
 
 pytestmark = pytest.mark.slow

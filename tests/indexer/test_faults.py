@@ -14,12 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from indexer.errors import IndexCorruptError, IndexReadOnlyError
-from indexer.index import PhotoIndex
+from indexer.storage import PhotoIndex
 from indexer.indexing import index_photos
-from indexer.lock import WriteLock
+from indexer.storage.lock import WriteLock
 from indexer.settings import Settings
-from indexer.store import Failure
-from indexer.vectors import VECTORS_FILE
+from indexer.storage.rows import Failure
+from indexer.storage.vectors import VECTORS_FILE
 from searcher import Searcher
 from tests.conftest import ROOT, make_photo
 
@@ -176,8 +176,7 @@ def test_a_read_only_index_is_searchable_and_refuses_writes_clearly(tmp_path, se
     photos = photo_dir(tmp_path, n=3)
     index_photos([photos], settings, embedder=embedder)
     # root ignores permission bits, so "cannot write here" is simulated where it is decided
-    monkeypatch.setattr("indexer.index.is_writable", lambda _d: False)
-    monkeypatch.setattr("indexer.indexing.is_writable", lambda _d: False)
+    monkeypatch.setattr("indexer.storage.folder.is_writable", lambda _d: False)
     searcher = Searcher(settings.index_dir, model=embedder.model)
     assert searcher.index.read_only and searcher.query(photos / "p2.png", k=1)[0].path == str(photos / "p2.png")
     with pytest.raises(IndexReadOnlyError, match="permissions"):

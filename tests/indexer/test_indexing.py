@@ -10,11 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from indexer.errors import IndexLockedError, IndexMismatchError
-from indexer.index import PhotoIndex
+from indexer.storage import PhotoIndex
 from indexer.indexing import index_photos
-from indexer.lock import WriteLock
+from indexer.storage.lock import WriteLock
 from indexer.settings import Settings
-from indexer.store import Failure, Photo
+from indexer.storage.rows import Failure, Photo
 from tests.conftest import make_photo
 
 

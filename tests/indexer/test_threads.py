@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from indexer.embedder import cpu_has_native_bf16, pick_dtype
+from indexer.embedding.embedder import cpu_has_native_bf16, pick_dtype
 from indexer.threads import available_cores, cgroup_cpu_limit, thread_budget
 
 
@@ -53,8 +53,8 @@ def test_explicit_dtypes_win_and_auto_follows_the_cpu():
 
 
 def test_bf16_and_fp32_vectors_agree_so_dtype_is_a_runtime_option(default_model, sample_photos):
-    from indexer.config import EmbeddingConfig, RuntimeOptions
-    from indexer.embedder import Embedder
+    from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+    from indexer.embedding.embedder import Embedder
 
     make = lambda dtype: Embedder(EmbeddingConfig(), RuntimeOptions(device="cpu", dtype=dtype), model=default_model)  # noqa: E731
     bf16, fp32 = make("bfloat16"), make("float32")

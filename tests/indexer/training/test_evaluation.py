@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.config import EmbeddingConfig
-from indexer.evaluation import AS_INDEXED_ROW, BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, ablation, retrieval_metrics
+from indexer.embedding.config import EmbeddingConfig
+from indexer.training.evaluation import AS_INDEXED_ROW, BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, ablation, retrieval_metrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_retrieval_metrics_match_a_hand_computed_example():

@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from indexer.errors import ConfigError
-from indexer.inversion import invert, make_inverse_scheduler
+from indexer.embedding.inversion import invert, make_inverse_scheduler
 
 
 class FixedNoiseNet(torch.nn.Module):

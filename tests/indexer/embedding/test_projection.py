@@ -1,6 +1,6 @@
 import numpy as np
 
-from indexer.projection import fit_projection, load_projections
+from indexer.embedding.projection import fit_projection, load_projections
 
 
 def test_whitening_decorrelates_and_round_trips(tmp_path):

@@ -27,16 +27,16 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2D
 from safetensors.torch import load_file
 from torch import nn
 
-from indexer import taef2
-from indexer.config import DEFAULT_MODEL
+from indexer.embedding import taef2
+from indexer.embedding.config import DEFAULT_MODEL
 from indexer.errors import ModelLoadError
-from indexer.projection import FOLDER as PROJECTIONS
-from indexer.projection import Projection, load_projections
+from indexer.embedding.projection import FOLDER as PROJECTIONS
+from indexer.embedding.projection import Projection, load_projections
 
 log = logging.getLogger(__name__)
 
 ModelKind = Literal["latent-taef2", "pixel", "stable-diffusion"]
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 MANIFEST = "diffsearch.json"
 EMPTY_PROMPT_FILE = "empty_prompt_embedding.safetensors"
 

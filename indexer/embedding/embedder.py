@@ -16,13 +16,13 @@ import numpy.typing as npt
 import torch
 from diffusers import DDIMScheduler
 
-from indexer.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
+from indexer.embedding.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
-from indexer.features import capture, pool
+from indexer.embedding.features import capture, pool
 from indexer.images import ImageInput, prepare
-from indexer.inversion import invert
-from indexer.model import DiffusionModel, load_model
-from indexer.projection import Projection
+from indexer.embedding.inversion import invert
+from indexer.embedding.model import DiffusionModel, load_model
+from indexer.embedding.projection import Projection
 from indexer.threads import apply_thread_budget, thread_budget
 
 log = logging.getLogger(__name__)

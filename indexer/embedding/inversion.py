@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from indexer.errors import ConfigError
-from indexer.model import DiffusionModel
+from indexer.embedding.model import DiffusionModel
 
 
 def make_inverse_scheduler(scheduler_config: dict[str, Any], timestep: int, steps: int) -> DDIMInverseScheduler:

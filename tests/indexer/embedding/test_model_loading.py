@@ -8,10 +8,10 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from safetensors.torch import save_file
 
-from indexer.config import EmbeddingConfig, RuntimeOptions
-from indexer.embedder import Embedder
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.embedder import Embedder
 from indexer.errors import ConfigError, ModelLoadError
-from indexer.model import EMPTY_PROMPT_FILE, load_model
+from indexer.embedding.model import EMPTY_PROMPT_FILE, load_model
 
 CPU = RuntimeOptions(device="cpu", batch_size=4)
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from indexer import taef2
+from indexer.embedding import taef2
 from indexer.errors import ModelLoadError
 from indexer.images import prepare
 
-TAEF2 = Path(__file__).resolve().parents[2] / "data" / "models" / "taef2"
+TAEF2 = Path(__file__).resolve().parents[3] / "data" / "models" / "taef2"
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

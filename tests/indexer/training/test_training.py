@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.config import EmbeddingConfig, RuntimeOptions
-from indexer.embedder import Embedder
-from indexer.model import load_model
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.embedder import Embedder
+from indexer.embedding.model import load_model
 from indexer.training.card import write_model_card
 from indexer.training.latents import encode_photos
 from indexer.training.run import TAEF2_DIR, folder_labels, run_training

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from indexer.errors import ConfigError, IndexCorruptError
-from indexer.vectors import VectorStore
+from indexer.storage.vectors import VectorStore
 
 
 def unit(n, d=32, seed=0):

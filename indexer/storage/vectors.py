@@ -37,6 +37,8 @@ def _wrap(index: faiss.Index) -> faiss.IndexIDMap2:
 class VectorStore:
     """Vectors with int64 ids; exact Euclidean search for 'Flat', approximate for the others."""
 
+    filters_natively = False  # a path filter is applied by the caller, over-fetching
+
     def __init__(self, path: Path, dim: int, index_type: str = "Flat") -> None:
         self.path = Path(path)
         self.dim = dim
@@ -140,8 +142,10 @@ class VectorStore:
         except RuntimeError:
             return None
 
-    def search(self, queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Squared L2 distances and ids, (n, k) each; missing neighbours have id -1."""
+    def search(
+        self, queries: npt.NDArray[np.float32], k: int, path_prefix: str | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Squared L2 distances and ids, (n, k) each; missing neighbours have id -1 (path_prefix: unused)."""
         if len(self) == 0:
             n = queries.shape[0]
             return np.full((n, k), np.inf, np.float32), np.full((n, k), -1, np.int64)

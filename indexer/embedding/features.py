@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indexer.config import LATENT, PREDICTED_X0
+from indexer.embedding.config import LATENT, PREDICTED_X0
 from indexer.errors import ConfigError
 
 

@@ -20,12 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from indexer.config import EmbeddingConfig, RuntimeOptions
-from indexer.embedder import Embedder, normalise
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.embedder import Embedder, normalise
 from indexer.errors import ConfigError, InvalidImageError
 from indexer.images import IMAGE_EXTENSIONS, crop_for_embedding, load_image, to_tensor
-from indexer.model import DiffusionModel
-from indexer.projection import fit_projection
+from indexer.embedding.model import DiffusionModel
+from indexer.embedding.projection import fit_projection
 from indexer.training.train import TrainConfig, build_unet
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from indexer.config import EmbeddingConfig, RuntimeOptions
-from indexer.embedder import Embedder
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.embedder import Embedder
 from indexer.errors import InvalidImageError
 
 

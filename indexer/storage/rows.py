@@ -1,29 +1,23 @@
-"""The SQLite side of an index: one row per photo, failed files, and the index's metadata.
+"""The rows of an index, in SQLite or Postgres alike: one per photo, failed files, and metadata.
 
-Row ids are SQLite AUTOINCREMENT ids, never reused, and they are the FAISS ids: a vector in
-FAISS belongs to the row with its id, and a changed photo gets a new row (and so a new id).
+Row ids are AUTOINCREMENT (SQLite) or sequence (Postgres) ids, never reused, and they are the
+vector ids: a vector belongs to the row with its id, and a changed photo gets a new row (and so
+a new id).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, String, Text, create_engine, delete, event, select, text
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import Engine, Float, Integer, String, Text, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from indexer.errors import IndexCorruptError, IndexMismatchError, IndexReadOnlyError
-
-T = TypeVar("T")
+from indexer.errors import IndexMismatchError
 
 SCHEMA_VERSION = 1
-DB_FILE = "index.db"
 
 
 def utcnow() -> datetime:
@@ -67,69 +61,6 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String, primary_key=True)
     value: Mapped[str] = mapped_column(Text)
-
-
-def is_writable(index_dir: Path) -> bool:
-    """Can this process change the index (its folder and, when it exists, its database file)?"""
-    db = Path(index_dir) / DB_FILE
-    return os.access(index_dir, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
-
-
-def open_engine(index_dir: Path, read_only: bool = False) -> Engine:
-    """An engine on `index_dir/index.db` in WAL mode, so readers never wait for the writer.
-
-    `read_only` (a folder this process cannot write, such as a mounted snapshot) opens the file
-    immutable: SQLite then needs no -wal/-shm files, and nobody can be changing it anyway.
-    """
-    db = Path(index_dir).absolute() / DB_FILE
-    if read_only:
-        return create_engine(f"sqlite:///file:{db}?mode=ro&immutable=1&uri=true")
-    engine = create_engine(f"sqlite:///{db}")
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-
-    return engine
-
-
-@contextmanager
-def database_errors(index_dir: Path) -> Iterator[None]:
-    """SQLite's own errors as one clear diffsearch error that says what to do."""
-    try:
-        yield
-    except OperationalError as exc:
-        message = str(exc.orig)
-        if "readonly" in message or "unable to open" in message or "read-only" in message:
-            raise IndexReadOnlyError(
-                f"cannot write to the index at {index_dir} ({message}): check its permissions, or use another --index folder"
-            ) from None
-        if "locked" in message or "busy" in message:
-            raise
-        raise IndexCorruptError(f"the index database {Path(index_dir) / DB_FILE} cannot be read ({message}): run `diffsearch check --repair`") from None
-    except DatabaseError as exc:
-        raise IndexCorruptError(
-            f"the index database {Path(index_dir) / DB_FILE} is damaged ({exc.orig}): run `diffsearch check --repair`"
-        ) from None
-
-
-def guarded(index_dir: Path, fn: Callable[[], T]) -> T:
-    with database_errors(index_dir):
-        return fn()
-
-
-def integrity_problems(engine: Engine) -> list[str]:
-    """SQLite's own `PRAGMA integrity_check` (an empty list when it says ok)."""
-    try:
-        with engine.connect() as conn:
-            lines = [str(row[0]) for row in conn.execute(text("PRAGMA integrity_check"))]
-    except DatabaseError as exc:
-        return [str(exc.orig)]
-    return [] if lines == ["ok"] else lines
 
 
 def create_schema(engine: Engine, read_only: bool = False) -> None:

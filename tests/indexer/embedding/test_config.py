@@ -1,6 +1,6 @@
 import pytest
 
-from indexer.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
 
 

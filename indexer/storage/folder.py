@@ -1,0 +1,186 @@
+"""The default index: a folder holding SQLite rows (index.db), FAISS vectors (vectors.faiss) and
+index.json, a copy of the settings and roots outside SQLite that `check --repair` rebuilds a
+damaged database from (a fresh scan of the roots with the same embedding settings).
+
+Writers commit SQLite first, then save FAISS atomically; `reconcile` (run whenever a writer opens
+the index, and by `diffsearch check --repair`) drops whatever a crash left half-done, so the next
+run simply embeds those photos again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from indexer.errors import IndexMismatchError, IndexNotFoundError, IndexReadOnlyError
+from indexer.storage.base import IndexSettings, Location, PhotoIndex, describe_mismatch
+from indexer.storage.lock import WriteLock
+from indexer.storage.rows import SCHEMA_VERSION, create_schema, read_meta, write_meta
+from indexer.storage.sqlite import DB_FILE, database_errors, integrity_problems, is_writable, open_engine
+from indexer.storage.vectors import VECTORS_FILE, VectorStore
+
+SIDECAR_FILE = "index.json"
+DEFAULT_INDEX_DIR = Path("diffsearch-index")
+
+
+class FolderIndex(PhotoIndex):
+    """An open index folder."""
+
+    def __init__(self, index_dir: Path, engine: Engine, settings: IndexSettings, read_only: bool = False) -> None:
+        self.dir = Path(index_dir)
+        self.location = str(self.dir)
+        self.cache_dir = self.dir
+        self.engine = engine
+        self.settings = settings
+        self.read_only = read_only
+        self._reload_lock = threading.Lock()
+        try:
+            self._stamp = self._vectors_stamp()
+            self.vectors = VectorStore(self.dir / VECTORS_FILE, settings.dim, settings.index_type)
+        except BaseException:
+            engine.dispose()
+            raise
+
+    @staticmethod
+    def _read(index_dir: Path) -> tuple[Engine, IndexSettings, bool]:
+        """The engine, stored settings and read-only flag of an existing index (vectors not loaded)."""
+        if not (index_dir / DB_FILE).is_file():
+            raise IndexNotFoundError(f"no index at {index_dir} (run `diffsearch index PHOTOS --index {index_dir}` first)")
+        read_only = not is_writable(index_dir)
+        engine = open_engine(index_dir, read_only)
+        try:
+            with database_errors(index_dir):
+                create_schema(engine, read_only)
+                with Session(engine) as session:
+                    meta = read_meta(session)
+        except BaseException:
+            engine.dispose()
+            raise
+        if "embedding" not in meta:
+            engine.dispose()
+            raise IndexNotFoundError(f"{index_dir} holds no finished index settings; index some photos into it first")
+        return engine, IndexSettings.from_meta(meta), read_only
+
+    @classmethod
+    def _open(cls, location: Location) -> FolderIndex:
+        engine, settings, read_only = cls._read(Path(location))
+        return cls(Path(location), engine, settings, read_only)
+
+    @classmethod
+    def _stored_settings(cls, location: Location) -> IndexSettings | None:
+        try:
+            engine, settings, _ = cls._read(Path(location))
+        except IndexNotFoundError:
+            return None
+        engine.dispose()
+        return settings
+
+    @staticmethod
+    def _write_lock(location: Location) -> WriteLock:
+        index_dir = Path(location)
+        try:
+            index_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexReadOnlyError(f"cannot create the index folder {index_dir}: {exc.strerror or exc}") from None
+        if not is_writable(index_dir):
+            raise IndexReadOnlyError(f"cannot write to the index at {index_dir}: check its permissions, or use another --index folder")
+        return WriteLock(index_dir)
+
+    @classmethod
+    def _open_for_writing(cls, location: Location, wanted: IndexSettings) -> FolderIndex:
+        index_dir = Path(location)
+        index_dir.mkdir(parents=True, exist_ok=True)
+        engine = open_engine(index_dir)
+        try:
+            with database_errors(index_dir):
+                create_schema(engine)
+                with Session(engine) as session, session.begin():
+                    meta = read_meta(session)
+                    if "embedding" in meta:
+                        stored = IndexSettings.from_meta(meta)
+                        if not wanted.accepts(stored):
+                            raise IndexMismatchError(
+                                f"{index_dir} was built with model {stored.embedding.model!r} and other settings "
+                                f"({describe_mismatch(stored, wanted)}). Use the index's settings or another --index folder."
+                            )
+                    else:
+                        write_meta(session, wanted.to_meta())
+        except BaseException:
+            engine.dispose()
+            raise
+        # A kill during a save leaves the temp file behind; the writer lock says nobody is saving now.
+        (index_dir / VECTORS_FILE).with_suffix(".tmp").unlink(missing_ok=True)
+        index = cls(index_dir, engine, wanted)
+        index.write_sidecar()
+        return index
+
+    def errors(self) -> AbstractContextManager[None]:
+        return database_errors(self.dir)
+
+    def integrity_problems(self) -> list[str]:
+        return integrity_problems(self.engine)
+
+    # -- vectors: a FAISS file, saved whole after each commit --------------------------------------
+    def add_vectors(self, session: Session, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
+        self.vectors.add(ids, vectors)
+
+    def remove_vectors(self, ids: list[int]) -> None:
+        if ids:
+            self.vectors.remove(ids)
+            self.vectors.save()
+
+    def save_vectors(self) -> None:
+        self.vectors.save()
+
+    def _vectors_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = (self.dir / VECTORS_FILE).stat()
+            return stat.st_mtime_ns, stat.st_size
+        except FileNotFoundError:
+            return None
+
+    def fresh_vectors(self) -> VectorStore:
+        """The vectors, reloaded if an indexer saved a new file since (the rename makes it whole)."""
+        with self._reload_lock:
+            stamp = self._vectors_stamp()
+            if stamp != self._stamp:
+                self.vectors = VectorStore(self.dir / VECTORS_FILE, self.settings.dim, self.settings.index_type)
+                self._stamp = stamp
+            return self.vectors
+
+    def missing_vectors_problem(self) -> str | None:
+        if len(self.vectors) == 0 and not (self.dir / VECTORS_FILE).is_file() and self.counts()["photos"] > 0:
+            return f"{self.dir / VECTORS_FILE} is missing but the index has photos: run `diffsearch check --repair`"
+        return None
+
+    # -- the sidecar --------------------------------------------------------------------------------
+    def write_sidecar(self) -> None:
+        """index.json: the settings and roots, atomically, for rebuilding a damaged database."""
+        roots, follow = self.roots()
+        payload = {"settings": self.settings.to_meta(), "roots": roots, "follow_symlinks": follow}
+        target = self.dir / SIDECAR_FILE
+        tmp = target.with_name(f".{SIDECAR_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        os.replace(tmp, target)
+
+    @staticmethod
+    def read_sidecar(index_dir: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads((Path(index_dir) / SIDECAR_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+
+
+__all__ = ["DEFAULT_INDEX_DIR", "SCHEMA_VERSION", "SIDECAR_FILE", "FolderIndex"]
