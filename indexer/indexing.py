@@ -16,12 +16,11 @@ import os
 import time
 from functools import partial
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -30,9 +29,8 @@ from tqdm import tqdm
 
 from indexer.embedding.config import EmbeddingConfig
 from indexer.embedding.embedder import Embedder
-from indexer.errors import InvalidImageError
+from indexer.engine import Decoded, EmbedEngine, Embedded, decode_file
 from indexer.files import PhotoFile, Scan, content_hash, scan_photos
-from indexer.images import ImageInfo, crop_for_embedding, load_image, to_tensor
 from indexer.storage import IndexSettings, PhotoIndex
 from indexer.settings import Settings
 from indexer.storage.rows import Failure, Photo, delete_failures, delete_photos, photos_under, utcnow
@@ -61,20 +59,6 @@ class IndexSummary:
     @property
     def images_per_second(self) -> float:
         return (self.added + self.updated) / self.embedded_seconds if self.embedded_seconds else 0.0
-
-
-@dataclass
-class Embedded:
-    """One photo's outcome from an engine: its vector and what its row keeps, or why it failed."""
-
-    i: int  # position in the run's list of files to embed
-    vector: npt.NDArray[np.float32] | None
-    info: ImageInfo | None
-    digest: str
-    failure: str | None = None
-
-
-EmbedEngine = Callable[[list[PhotoFile]], Iterator[list[Embedded]]]
 
 
 @dataclass
@@ -169,17 +153,9 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, ImageInfo | str, str, float]:
+    def __getitem__(self, i: int) -> tuple[int, Decoded, float]:
         started = time.perf_counter()
-        file = self.files[i]
-        try:
-            image, info = load_image(file.path)
-            pixels = to_tensor([crop_for_embedding(image, self.size, self.trim)])[0]
-            return i, pixels, info, content_hash(file.path), time.perf_counter() - started
-        except InvalidImageError as exc:
-            return i, None, exc.reason, "", time.perf_counter() - started
-        except OSError as exc:
-            return i, None, f"cannot read: {exc.strerror or exc}", "", time.perf_counter() - started
+        return i, decode_file(self.files[i].path, self.size, self.trim), time.perf_counter() - started
 
 
 def _init_worker(close_fds: tuple[int, ...], _worker_id: int) -> None:
@@ -297,11 +273,11 @@ class IndexRun:
             worker_init_fn=partial(_init_worker, self.worker_closes),
         )
         for batch in loader:
-            self.embedder.stage_seconds["decode (workers)"] += sum(item[4] for item in batch)
-            good = [item for item in batch if item[1] is not None]
-            vectors = self.embedder.embed_pixels(torch.stack([item[1] for item in good])) if good else []
-            out = [Embedded(i, None, None, "", str(reason)) for i, pixels, reason, _, _ in batch if pixels is None]
-            out += [Embedded(i, vector, info, digest) for (i, _, info, digest, _), vector in zip(good, vectors)]
+            self.embedder.stage_seconds["decode (workers)"] += sum(seconds for _, _, seconds in batch)
+            good = [(i, d) for i, d, _ in batch if d.failure is None]
+            vectors = self.embedder.embed_pixels(torch.stack([d.pixels for _, d in good])) if good else []
+            out = [Embedded(i, None, None, "", d.failure) for i, d, _ in batch if d.failure is not None]
+            out += [Embedded(i, vector, d.info, d.digest) for (i, d), vector in zip(good, vectors)]
             yield out
 
     def _store_batch(

@@ -30,10 +30,10 @@ import numpy as np
 
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedding.embedder import Embedder
-from indexer.errors import ConfigError, InvalidImageError, ModelLoadError
-from indexer.files import PhotoFile, content_hash
-from indexer.images import ImageInfo, crop_for_embedding, load_image, to_tensor
-from indexer.indexing import Embedded
+from indexer.engine import Embedded, decode_file
+from indexer.errors import ConfigError, ModelLoadError
+from indexer.files import PhotoFile
+from indexer.images import ImageInfo
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +50,21 @@ def _import_ray() -> Any:
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, trim: bool) -> dict[str, Any]:
-    """A Ray task: read, hash, decode and crop each photo (the local engine's worker code, per row)."""
+    """A Ray task: read, hash, decode and crop each photo (the local engine's decode, per row)."""
     n = len(batch["path"])
     pixels = np.zeros((n, 3, size, size), np.float32)
     out: dict[str, list[Any]] = {"hash": [], "width": [], "height": [], "format": [], "taken_at": [], "failure": []}
     for j, path in enumerate(batch["path"]):
-        info: ImageInfo | None = None
-        try:
-            image, info = load_image(Path(path))
-            pixels[j] = to_tensor([crop_for_embedding(image, size, trim)])[0].numpy()
-            digest, failure = content_hash(Path(path)), ""
-        except InvalidImageError as exc:
-            digest, failure = "", exc.reason
-        except OSError as exc:
-            digest, failure = "", f"cannot read: {exc.strerror or exc}"
-        out["hash"].append(digest)
-        out["failure"].append(failure)
-        out["width"].append(info.width if info and not failure else 0)
-        out["height"].append(info.height if info and not failure else 0)
-        out["format"].append(info.format if info and not failure else "")
-        out["taken_at"].append(info.taken_at.isoformat() if info and info.taken_at and not failure else "")
+        decoded = decode_file(Path(path), size, trim)
+        info = decoded.info
+        if decoded.pixels is not None:
+            pixels[j] = decoded.pixels.numpy()
+        out["hash"].append(decoded.digest)
+        out["failure"].append(decoded.failure or "")
+        out["width"].append(info.width if info else 0)
+        out["height"].append(info.height if info else 0)
+        out["format"].append(info.format if info else "")
+        out["taken_at"].append(info.taken_at.isoformat() if info and info.taken_at else "")
     return {**{k: batch[k] for k in ("path", "size", "mtime")}, **{k: np.array(v) for k, v in out.items()}, "pixels": pixels}
 
 

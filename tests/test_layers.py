@@ -35,3 +35,39 @@ def test_library_code_does_not_print():
                 continue  # the CLI's job is to print (through typer.echo)
             calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"]
             assert not calls, f"{path} uses print(); use logging"
+
+
+def module_imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_cycles_inside_a_package(package):
+    """cli -> commands -> cli and the like: each package's modules import each other one way only."""
+    # Package __init__ files only re-export their modules: not a cycle of the code's own making.
+    files = [f for f in (ROOT / package).rglob("*.py") if f.name != "__init__.py"]
+    modules = {".".join(f.relative_to(ROOT).with_suffix("").parts): f for f in files}
+    graph = {name: {m for m in module_imports(f) if m in modules and m != name} for name, f in modules.items()}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return trail + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+        return None
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not cycles, cycles[0]

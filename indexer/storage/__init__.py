@@ -7,5 +7,7 @@
 """
 
 from indexer.storage.base import Consistency, IndexSettings, PhotoIndex, VectorIndex, display_location, is_database_url
+from indexer.storage.folder import FolderIndex  # noqa: E402 - registers the implementations
+from indexer.storage.postgres import PostgresIndex
 
-__all__ = ["Consistency", "IndexSettings", "PhotoIndex", "VectorIndex", "display_location", "is_database_url"]
+__all__ = ["Consistency", "FolderIndex", "IndexSettings", "PhotoIndex", "PostgresIndex", "VectorIndex", "display_location", "is_database_url"]

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from indexer.embedding.config import EmbeddingConfig
+from indexer.errors import ConfigError
 from indexer.storage.rows import Failure, Photo, delete_photos, read_meta, write_meta
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,15 @@ class PhotoIndex(ABC):
     # -- opening: dispatch on the location -------------------------------------------------------
     @staticmethod
     def _kind(location: Location) -> type[PhotoIndex]:
-        if is_database_url(location):
-            from indexer.storage.postgres import PostgresIndex
+        """The implementation that handles `location` (the package imports every implementation)."""
+        for kind in PhotoIndex.__subclasses__():
+            if kind.handles(location):
+                return kind
+        raise ConfigError(f"no index implementation handles {display_location(location)!r}")
 
-            return PostgresIndex
-        from indexer.storage.folder import FolderIndex
-
-        return FolderIndex
+    @staticmethod
+    @abstractmethod
+    def handles(location: Location) -> bool: ...
 
     @classmethod
     def open(cls, location: Location) -> PhotoIndex:

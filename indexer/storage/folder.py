@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from indexer.errors import IndexMismatchError, IndexNotFoundError, IndexReadOnlyError
-from indexer.storage.base import IndexSettings, Location, PhotoIndex, describe_mismatch
+from indexer.storage.base import IndexSettings, Location, PhotoIndex, describe_mismatch, is_database_url
 from indexer.storage.lock import WriteLock
 from indexer.storage.rows import SCHEMA_VERSION, create_schema, read_meta, write_meta
 from indexer.storage.sqlite import DB_FILE, database_errors, integrity_problems, is_writable, open_engine
@@ -49,6 +49,10 @@ class FolderIndex(PhotoIndex):
         except BaseException:
             engine.dispose()
             raise
+
+    @staticmethod
+    def handles(location: Location) -> bool:
+        return not is_database_url(location)
 
     @staticmethod
     def _read(index_dir: Path) -> tuple[Engine, IndexSettings, bool]:

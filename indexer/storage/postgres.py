@@ -31,7 +31,7 @@ from indexer.errors import (
     IndexMismatchError,
     IndexNotFoundError,
 )
-from indexer.storage.base import IndexSettings, Location, PhotoIndex, describe_mismatch, display_location
+from indexer.storage.base import IndexSettings, Location, PhotoIndex, describe_mismatch, display_location, is_database_url
 from indexer.storage.rows import Photo, create_schema, read_meta, write_meta
 
 try:
@@ -185,6 +185,10 @@ class PostgresIndex(PhotoIndex):
         self.read_only = read_only
         self._url = str(location)
         self.vectors = PgVectors(engine, settings.dim, ann_index(settings.index_type))
+
+    @staticmethod
+    def handles(location: Location) -> bool:
+        return is_database_url(location)
 
     @staticmethod
     def _read(location: Location) -> tuple[Engine, IndexSettings]:
