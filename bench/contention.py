@@ -74,6 +74,7 @@ def busy_server(index_dir: Path, photo: bytes, stop: threading.Event) -> subproc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "contention.md")
     args = parser.parse_args()
     lines = (SPLITS / "test.txt").read_text().split()
     work = Path(tempfile.mkdtemp(prefix="diffsearch-contention-"))
@@ -82,7 +83,8 @@ def main() -> None:
     target = work / "index"
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = re.search(r"Model name:\s*(.+)", cpu)
-    print(f"CPU: {model.group(1) if model else '?'}; cores available: {available_cores()}\n")
+    flags = "avx512_bf16" in cpu or "amx_bf16" in cpu
+    header = f"CPU: {model.group(1) if model else '?'} (native bf16: {flags}); cores available: {available_cores()}. Nothing else CPU-heavy was running.\n"
     solo = index_speed(mine, target)
     rows = [("alone", solo)]
 
@@ -103,11 +105,10 @@ def main() -> None:
     rows.append(("beside a CPU hog (one busy core)", index_speed(mine, target)))
     hog.kill()
 
-    print(f"`diffsearch index` of {args.photos} photos (default settings)\n")
-    print("| condition | img/s | fraction of alone |")
-    print("|---|---|---|")
-    for name, speed in rows:
-        print(f"| {name} | {speed:.1f} | {speed / solo:.2f} |")
+    report = [header, f"`diffsearch index` of {args.photos} photos (default settings)\n", "| condition | img/s | fraction of alone |", "|---|---|---|"]
+    report += [f"| {name} | {speed:.1f} | {speed / solo:.2f} |" for name, speed in rows]
+    args.out.write_text("# Indexing speed on a busy machine\n\n" + "\n".join(report) + "\n")
+    print("\n".join(report))
     shutil.rmtree(work)
 
 

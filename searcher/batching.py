@@ -3,7 +3,9 @@
 Request threads decode their photos in parallel (decoding is cheap and single-threaded) and hand
 the pixels to one embedding worker thread, which takes whatever is queued (up to the batch size,
 waiting at most `wait_ms` for more to arrive), embeds it as one batch, and hands each vector back.
-A vector does not depend on the batch it was computed in (the Embedder's contract, tested to
+The worker waits only while more queries are on their way (announced with `expect` before
+they decode): a lone query is embedded at once, a burst fills one batch. A vector does not
+depend on the batch it was computed in (the Embedder's contract, tested to
 1e-5), so batching changes throughput, never results. A queue longer than `max_queue` is refused
 at once (`QueueFullError`, HTTP 503 + Retry-After) rather than letting latency grow without bound.
 """
@@ -62,6 +64,7 @@ class EmbeddingQueue:
         self.stats = BatchStats()
         self._queue: queue.Queue[tuple[torch.Tensor, Future] | None] = queue.Queue()
         self._pending = 0
+        self._arriving = 0  # queries announced by `expect`, still decoding
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="diffsearch-embed", daemon=True)
         self._worker.start()
@@ -71,9 +74,16 @@ class EmbeddingQueue:
         """Images waiting or being embedded."""
         return self._pending
 
-    def submit(self, pixels: torch.Tensor) -> Future:
+    def expect(self, n: int) -> None:
+        """n queries are decoding and will be submitted (or withdrawn with expect(-n)): worth waiting for."""
+        with self._lock:
+            self._arriving = max(0, self._arriving + n)
+
+    def submit(self, pixels: torch.Tensor, expected: bool = False) -> Future:
         """Queue one (3, S, S) tensor; the future gives its (d,) vector."""
         with self._lock:
+            if expected:
+                self._arriving = max(0, self._arriving - 1)
             if self._pending >= self.max_queue:
                 self.stats.rejected += 1
                 raise QueueFullError(f"{self._pending} queries are already waiting (limit {self.max_queue}); retry shortly")
@@ -82,9 +92,9 @@ class EmbeddingQueue:
         self._queue.put((pixels, future))
         return future
 
-    def embed(self, pixels: list[torch.Tensor]) -> npt.NDArray[np.float32]:
+    def embed(self, pixels: list[torch.Tensor], expected: bool = False) -> npt.NDArray[np.float32]:
         """Embed these images through the shared queue (blocks until their batch is done)."""
-        futures = [self.submit(p) for p in pixels]
+        futures = [self.submit(p, expected) for p in pixels]
         return np.stack([f.result() for f in futures]) if futures else np.zeros((0, self.embedder.dim), np.float32)
 
     def _take_batch(self) -> list[tuple[torch.Tensor, Future]] | None:
@@ -94,6 +104,8 @@ class EmbeddingQueue:
         batch = [first]
         deadline = time.monotonic() + self.wait
         while len(batch) < self.max_batch:
+            if self._arriving == 0 and self._queue.empty():
+                break  # nobody else is on the way: waiting would only add latency
             timeout = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=max(timeout, 0)) if timeout > 0 else self._queue.get_nowait()

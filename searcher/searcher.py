@@ -78,8 +78,14 @@ class Searcher:
         if self.queue is None:
             with self._model_lock:
                 return self.embedder.embed(images)
-        pixels = [self.embedder.prepare(image) for image in images]
-        return self.queue.embed(pixels)
+        queue = self.queue
+        queue.expect(len(images))  # the embedding worker waits for these while they decode
+        try:
+            pixels = [self.embedder.prepare(image) for image in images]
+        except BaseException:
+            queue.expect(-len(images))
+            raise
+        return queue.embed(pixels, expected=True)
 
     def query(
         self, image: ImageInput, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None

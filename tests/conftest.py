@@ -92,3 +92,12 @@ def pg_url(postgres, request) -> str:  # noqa: ANN001
     """A fresh, empty database on the test server, for one test."""
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
     return postgres.create_database(name)
+
+
+@pytest.fixture(scope="session")
+def ray_local():  # noqa: ANN201
+    """One local Ray instance for the session (about 10 s to start); yields its address."""
+    ray = pytest.importorskip("ray", reason="the [test] extra brings Ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

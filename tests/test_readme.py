@@ -9,11 +9,14 @@ commands (CI runs exactly those) and lines with a CAPITALISED placeholder (PHOTO
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +91,61 @@ def test_every_readme_example_runs_as_written(tmp_path):
                                 env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
         assert result.returncode == 0, f"{block}\n{result.stderr}"
         assert "bonsai_image_0001.jpg" in result.stdout
+
+
+def scaling_out_lines() -> list[str]:
+    section = README.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for line in re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0].splitlines() if line.strip()]
+
+
+def test_the_scaling_out_walkthrough_runs_and_matches_the_default(ray_local, searcher):
+    """The README's Postgres + Ray lines, as written (the venv's bin for .venv/bin, the session's Ray
+    instead of a cold start, a scratch folder for the server): the same top 5 as the default, and
+    the Ray engine's vectors in Postgres equal the local engine's in FAISS."""
+    lines = scaling_out_lines()
+    assert any("--engine ray" in line for line in lines) and any("local_postgres start" in line for line in lines)
+    bin_dir = os.path.dirname(sys.executable)
+    pg_dir = tempfile.mkdtemp(prefix="diffsearch-readme-pg-")  # in /tmp: the server's user must reach it
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_local, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    script, stop = [], next(line for line in lines if "local_postgres stop" in line)
+    for line in lines:
+        if line.rstrip().endswith("&") or line == stop:
+            continue  # serve in the background: tests/api/test_postgres_api.py serves a Postgres index
+        script.append(line.replace(".venv/bin/", f"{bin_dir}/").replace("/tmp/diffsearch-pg", pg_dir))
+    script.append("echo URL=$URL")
+    stop = stop.replace(".venv/bin/", f"{bin_dir}/").replace("/tmp/diffsearch-pg", pg_dir)
+    try:
+        # Output to files, not pipes: the server the script starts outlives it and would hold a pipe open.
+        with open(f"{pg_dir}.out", "w+") as out, open(f"{pg_dir}.err", "w+") as err:
+            code = subprocess.run(["bash", "-ec", "\n".join(script)], cwd=ROOT, env=env, stdout=out, stderr=err, timeout=600).returncode
+            out.seek(0), err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        assert code == 0, stderr[-3000:]
+        printed = [line.split()[-1] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+        query = next(line for line in lines if " query " in line).split()[2]
+        assert printed[-5:] == [hit.path for hit in searcher.query(ROOT / query, k=5)]
+        url = stdout.split("URL=")[-1].strip()
+        local, distributed = vectors_by_path(searcher.index.location), vectors_by_path(url)
+        assert local.keys() == distributed.keys()
+        assert max(float(abs(local[p] - distributed[p]).max()) for p in local) <= 1e-5
+    finally:
+        subprocess.run(["bash", "-c", stop], env=env, capture_output=True)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+        for suffix in (".out", ".err"):
+            Path(pg_dir + suffix).unlink(missing_ok=True)
+
+
+def vectors_by_path(location: str):  # noqa: ANN201
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from indexer.storage import PhotoIndex
+    from indexer.storage.rows import Photo
+
+    index = PhotoIndex.open(location)
+    try:
+        with Session(index.engine) as session:
+            rows = session.execute(select(Photo.path, Photo.id)).all()
+        return {path: index.vectors.reconstruct(id_) for path, id_ in rows}
+    finally:
+        index.close()

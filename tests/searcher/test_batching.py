@@ -14,8 +14,9 @@ def test_batched_vectors_equal_embedding_each_alone(embedder, sample_photos):
     alone = np.stack([embedder.embed([p])[0] for p in photos])
     queue = EmbeddingQueue(embedder, max_batch=8, wait_ms=50)
     try:
+        queue.expect(len(photos))  # as Searcher.embed announces queries before decoding them
         with ThreadPoolExecutor(12) as pool:
-            batched = list(pool.map(lambda p: queue.embed([embedder.prepare(p)])[0], photos))
+            batched = list(pool.map(lambda p: queue.embed([embedder.prepare(p)], expected=True)[0], photos))
     finally:
         queue.close()
     np.testing.assert_allclose(np.stack(batched), alone, atol=1e-5)
@@ -39,4 +40,18 @@ def test_a_full_queue_refuses_at_once_and_recovers(embedder, sample_photos, monk
         assert queue.submit(pixels).result(30).shape == (embedder.dim,)
     finally:
         gate.set()
+        queue.close()
+
+
+def test_a_lone_query_does_not_wait_for_a_batch_to_fill(embedder, sample_photos):
+    queue = EmbeddingQueue(embedder, max_batch=8, wait_ms=60_000)  # a wait that would never end the test
+    try:
+        vector = queue.submit(embedder.prepare(sample_photos[0])).result(timeout=20)
+        assert vector.shape == (embedder.dim,) and queue.stats.batches == 1
+        queue.expect(1)  # one more is decoding: now the worker holds the batch open for it
+        first = queue.submit(embedder.prepare(sample_photos[1]))
+        second = queue.submit(embedder.prepare(sample_photos[2]), expected=True)
+        first.result(timeout=20), second.result(timeout=20)
+        assert queue.stats.batches == 2 and queue.stats.images == 3
+    finally:
         queue.close()

@@ -1,0 +1,187 @@
+"""Scaling out, measured on one machine: the Ray engine vs the local one, pgvector vs FAISS.
+
+    python bench/scale.py [--photos 256] [--vectors 100000] [--out bench/results/scale.md]
+
+1. Indexing: the same real photos (Caltech-101 test split, or data/samples) into fresh indexes by
+   the local engine, by `--engine ray` on a Ray instance started here (its start-up counted), and
+   by Ray again with Ray already up (what a long-lived cluster pays). img/s and the ratio to local.
+   Vectors of the two engines are compared (max abs difference).
+2. Search: --vectors vectors drawn around real embeddings, in FAISS (Flat, HNSW32) and in
+   Postgres + pgvector (exact, HNSW m=16) on the test server of scripts/local_postgres.py.
+   Mean time per k=10 query (one at a time, as the HTTP API asks) and recall@10 against exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from indexer.embedding.config import EmbeddingConfig  # noqa: E402
+from indexer.indexing import index_photos  # noqa: E402
+from indexer.settings import Settings  # noqa: E402
+from indexer.storage import IndexSettings, PhotoIndex  # noqa: E402
+from indexer.storage.rows import Photo  # noqa: E402
+from scripts.local_postgres import temporary  # noqa: E402
+
+CALTECH = ROOT.parent / "shared" / "data" / "caltech101"
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        flags = next((line for line in out.splitlines() if line.startswith("Flags")), "")
+        return f"{model}, {len(__import__('os').sched_getaffinity(0))} cores, avx512_bf16={'avx512_bf16' in flags}, amx={'amx_bf16' in flags}"
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def photo_folder(n: int, into: Path) -> Path:
+    listing = CALTECH / "test.txt"
+    if listing.is_file():
+        lines = [line.strip() for line in listing.read_text().splitlines() if line.strip() and "BACKGROUND" not in line]
+        sources = [CALTECH / "101_ObjectCategories" / line for line in lines[:: max(1, len(lines) // n)][:n]]
+    else:
+        sources = sorted((ROOT / "data" / "samples").glob("*.jpg"))[:n]
+    into.mkdir(parents=True)
+    for i, source in enumerate(sources):
+        shutil.copy(source, into / f"{i:05d}{source.suffix}")
+    return into
+
+
+def vectors_by_name(location: Path) -> dict[str, np.ndarray]:
+    index = PhotoIndex.open(location)
+    with Session(index.engine) as session:
+        rows = [(Path(p.path).name, p.id) for p in session.query(Photo)]
+    out = {name: index.vectors.reconstruct(i) for name, i in rows}
+    index.close()
+    return out
+
+
+def bench_engines(n: int, work: Path) -> list[str]:
+    photos = photo_folder(n, work / "photos")
+    rows, rates = [], {}
+    for name, engine in (("local", "local"), ("ray (cold: starts Ray)", "ray"), ("ray (warm: Ray already up)", "ray")):
+        settings = Settings.load(env={}, index_dir=work / name.split()[0] / str(len(rates)), engine=engine)
+        started = time.perf_counter()
+        summary = index_photos([photos], settings)
+        seconds = time.perf_counter() - started
+        rates[name] = summary.added / seconds
+        rows.append((name, summary.added, seconds, settings.index_dir))
+    local = vectors_by_name(rows[0][3])
+    diff = max(float(np.abs(local[k] - v).max()) for k, v in vectors_by_name(rows[1][3]).items())
+    out = ["| engine | photos | seconds (whole run) | img/s | vs local |", "|---|---:|---:|---:|---:|"]
+    for name, added, seconds, _ in rows:
+        out.append(f"| {name} | {added} | {seconds:.1f} | {rates[name]:.1f} | {rates[name] / rates['local']:.2f}x |")
+    out.append(f"\nLargest difference between a local and a Ray vector: {diff:.1e} (the tests require <= 1e-5).")
+    return out
+
+
+def around_real(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n unit vectors drawn around real embeddings (each a real one plus small noise)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(base), n)
+    noisy = base[picks] + rng.normal(0, 0.05, (n, base.shape[1])).astype(np.float32)
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+
+
+def timed_queries(search, queries: np.ndarray) -> tuple[float, np.ndarray]:  # noqa: ANN001
+    search(queries[:1])  # warm
+    found, started = [], time.perf_counter()
+    for q in queries:
+        found.append(search(q[None])[0])
+    return (time.perf_counter() - started) / len(queries) * 1000, np.stack(found)
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact)]))
+
+
+def bench_search(real: np.ndarray, n: int, n_queries: int = 200) -> list[str]:
+    data = around_real(real, n)
+    queries = around_real(real, n_queries, seed=1)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    dim = data.shape[1]
+    out = ["| store | index | build s | ms / query | recall@10 |", "|---|---|---:|---:|---:|"]
+    results = {}
+    for label, spec in (("Flat", "Flat"), ("HNSW32", "HNSW32")):
+        started = time.perf_counter()
+        index = faiss.IndexIDMap2(faiss.index_factory(dim, spec))
+        index.add_with_ids(data, ids)
+        build = time.perf_counter() - started
+        if spec.startswith("HNSW"):
+            faiss.downcast_index(index.index).hnsw.efSearch = 64
+        ms, found = timed_queries(lambda q: index.search(q, 10)[1], queries)
+        results[("faiss", label)] = (build, ms, found)
+    exact = results[("faiss", "Flat")][2]
+    server = temporary()
+    try:
+        url = server.create_database("scale")
+        settings = IndexSettings(EmbeddingConfig(), "bench", "bench", dim, "Flat")
+        pg = PhotoIndex.open_for_writing(url, settings)
+        started = time.perf_counter()
+        for start in range(0, n, 5000):
+            with Session(pg.engine) as session, session.begin():
+                rows = [
+                    Photo(path=f"/bench/{i}.jpg", content_hash=str(i), size=1, mtime=0.0, width=1, height=1, format="JPEG", taken_at=None)
+                    for i in range(start, min(n, start + 5000))
+                ]
+                session.add_all(rows)
+                session.flush()
+                pg.add_vectors(session, np.array([r.id for r in rows]), data[start : start + len(rows)])
+        load = time.perf_counter() - started
+        ms, found = timed_queries(lambda q: pg.vectors.search(q, 10)[1], queries)
+        results[("pgvector", "exact")] = (load, ms, found)
+        started = time.perf_counter()
+        with pg.engine.begin() as conn:
+            conn.execute(text("SET maintenance_work_mem = '1GB'"))
+            conn.execute(text("CREATE INDEX ON photo_vectors USING hnsw (embedding vector_l2_ops) WITH (m = 16, ef_construction = 64)"))
+        pg.vectors.hnsw_m = 16
+        build = time.perf_counter() - started
+        ms, found = timed_queries(lambda q: pg.vectors.search(q, 10)[1], queries)
+        results[("pgvector", "HNSW m=16")] = (build, ms, found)
+        pg.close()
+    finally:
+        server.stop()
+    for (store, label), (build, ms, found) in results.items():
+        out.append(f"| {store} | {label} | {build:.1f} | {ms:.2f} | {recall(found, exact):.3f} |")
+    out.append(f"\n{n:,} vectors of {dim} dimensions; pgvector's 'build s' for exact is the load of rows + vectors; "
+               f"FAISS ids are 1..n, pgvector's the rows' ids (also 1..n in a fresh database).")  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=256)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = bench_engines(args.photos, Path(tmp))
+        real = np.stack(list(vectors_by_name(Path(tmp) / "local" / "0").values()))
+    search = bench_search(real, args.vectors)
+    report = "\n".join(
+        ["# Scaling out on one machine", "", f"CPU: {cpu_name()}. Nothing else CPU-heavy was running.", "",
+         "## Indexing: Ray engine vs local engine", "", *engines, "",
+         f"## Search at {args.vectors:,} vectors: pgvector vs FAISS", "", *search, ""]
+    )  # fmt: skip
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
