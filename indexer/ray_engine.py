@@ -128,7 +128,7 @@ class RayEngine:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // self.batch_size, 4 * cpus)))
         ds = ds.map_batches(
             decode_batch, fn_kwargs={"size": config.image_size, "trim": config.trim_borders},
-            batch_size=self.batch_size, batch_format="numpy", num_cpus=1,
+            batch_size=self.batch_size, batch_format="numpy", num_cpus=0.5,
         )  # fmt: skip
         ds = ds.map_batches(
             EmbedActor, fn_constructor_kwargs={"config": config.to_dict(), "runtime": runtime, "fingerprint": self.embedder.fingerprint},
@@ -139,21 +139,21 @@ class RayEngine:
         self.job_seconds += time.perf_counter() - started
         log.info("ray: embedded %d photo(s) with %d actor(s) in %.1f s", len(todo), actors, self.job_seconds)
 
-    def _shards(self) -> Iterator[Any]:
+    def _shards(self, columns: list[str] | None = None) -> Iterator[Any]:
         """Each readable shard as a pyarrow table; a shard a killed job left half-written is removed."""
         import pyarrow.parquet as pq
 
         for path in sorted(self.shard_dir.glob("*.parquet")) if self.shard_dir.is_dir() else []:
             try:
-                yield pq.read_table(path)
+                yield pq.read_table(path, columns=columns)
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a torn file
                 log.warning("ray: dropping unreadable shard %s (%s)", path.name, exc)
                 path.unlink(missing_ok=True)
 
     def _finished_keys(self) -> set[tuple[str, int, float]]:
         keys = set()
-        for table in self._shards():
-            cols = table.select(["path", "size", "mtime"]).to_pydict()
+        for table in self._shards(["path", "size", "mtime"]):
+            cols = table.to_pydict()
             keys |= {_key(p, s, m) for p, s, m in zip(cols["path"], cols["size"], cols["mtime"])}
         return keys
 

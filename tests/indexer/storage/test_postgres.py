@@ -128,3 +128,27 @@ def test_an_unreachable_server_is_one_clear_error_without_the_password(tmp_path)
     assert "cannot use the database" in str(info.value) and "s3cret" not in str(info.value)
     with pytest.raises(ConfigError, match="postgresql://"):
         Settings.load(env={}, database="mysql://x/y")
+
+
+def test_check_finds_and_repair_fixes_a_row_that_lost_its_vector(pg_url, tmp_path, embedder):
+    from sqlalchemy import text
+
+    from indexer.repair import repair_index
+
+    photos = tmp_path / "photos"
+    for i in range(3):
+        make_photo(photos / f"p{i}.png", i)
+    index_photos([photos], pg_settings(pg_url, tmp_path), embedder=embedder)
+    index = PhotoIndex.open(pg_url)
+    with index.engine.begin() as conn:  # as a careless manual edit of the database would
+        conn.execute(text("DELETE FROM photo_vectors WHERE id = (SELECT min(id) FROM photo_vectors)"))
+    report = index.consistency(thorough=True)
+    index.close()
+    assert not report.ok and len(report.rows_without_vectors) == 1
+    done = repair_index(pg_url, lambda _stored: embedder)
+    assert done.reembedded == 1 and done.actions
+    index = PhotoIndex.open(pg_url)
+    try:
+        assert index.consistency(thorough=True).ok and index.counts() == {"photos": 3, "vectors": 3, "failures": 0}
+    finally:
+        index.close()
