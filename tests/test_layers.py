@@ -71,3 +71,24 @@ def test_no_import_cycles_inside_a_package(package):
 
     cycles = [c for c in map(cycle_from, sorted(graph)) if c]
     assert not cycles, cycles[0]
+
+
+def test_the_default_install_needs_neither_ray_nor_postgres():
+    """Ray and Postgres are extras: not dependencies, and every module imports without them."""
+    import subprocess
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.split("[")[0].split(">")[0].split("=")[0] in ("ray", "pgvector", "psycopg", "pyarrow")]
+    assert {"distributed", "postgres"} <= set(project["optional-dependencies"])
+    blocked = "import sys\nfor name in ('ray', 'ray.data', 'pgvector', 'pgvector.sqlalchemy', 'psycopg', 'pyarrow'):\n    sys.modules[name] = None\n"
+    probe = blocked + (
+        "import api.cli, api.app, api.commands, api.indexing_commands, searcher, indexer.indexing, indexer.ray_engine\n"
+        "from indexer.storage import PhotoIndex\n"
+        "from indexer.errors import ConfigError\n"
+        "try:\n    PhotoIndex.open('postgresql://u@/db?host=/nowhere')\nexcept ConfigError as e:\n    print('extra:', e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'diffsearch[postgres]'" in done.stdout
