@@ -61,3 +61,17 @@ def test_bf16_and_fp32_vectors_agree_so_dtype_is_a_runtime_option(default_model,
     assert bf16.fingerprint == fp32.fingerprint and bf16.projection is not None and fp32.projection is not None
     a, b = bf16.embed(sample_photos[:16]), fp32.embed(sample_photos[:16])
     assert (a * b).sum(axis=1).min() > 0.999
+
+
+def test_openmp_threads_sleep_when_waiting_unless_the_user_says_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    probe = "import indexer, torch, os; torch.ones(64, 64) @ torch.ones(64, 64); print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True).stdout.strip() == "ACTIVE"
