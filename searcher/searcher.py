@@ -21,6 +21,7 @@ from indexer.storage import PhotoIndex, VectorIndex
 from indexer.embedding.model import DiffusionModel
 from indexer.storage.rows import Photo
 from searcher.batching import EmbeddingQueue
+from searcher.search_batching import SearchBatcher
 from searcher.results import SearchResult
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,14 @@ class Searcher:
             )
         self._model_lock = threading.Lock()
         self.queue: EmbeddingQueue | None = None
+        self.search_batcher: SearchBatcher | None = None
 
     def start_batching(self, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64) -> EmbeddingQueue:
         """From now on, concurrent `query` calls from several threads share batched forward passes."""
         if self.queue is None:
             self.queue = EmbeddingQueue(self.embedder, max_batch, wait_ms, max_queue)
+        if self.search_batcher is None and not self._fresh_vectors().filters_natively:
+            self.search_batcher = SearchBatcher(self._fresh_vectors, max_batch=2 * max_batch)
         return self.queue
 
     def _fresh_vectors(self) -> VectorIndex:
@@ -133,7 +137,10 @@ class Searcher:
                 continue
             fetch = k if prefix is None else min(len(store), 4 * k)
             while True:
-                d2, ids = store.search(vector[None], max(fetch, 1))
+                if self.search_batcher is not None and prefix is None:
+                    d2, ids = self.search_batcher.search(vector, max(fetch, 1))  # shared with concurrent queries
+                else:
+                    d2, ids = store.search(vector[None], max(fetch, 1))
                 results = self._results(d2[0], ids[0], max_distance, prefix)
                 exhausted = fetch >= len(store) or (max_distance is not None and d2[0][-1] > max_distance**2)
                 if prefix is None or len(results) >= k or exhausted:
@@ -170,6 +177,9 @@ class Searcher:
         if self.queue is not None:
             self.queue.close()
             self.queue = None
+        if self.search_batcher is not None:
+            self.search_batcher.close()
+            self.search_batcher = None
 
     def close(self) -> None:
         self.stop_batching()

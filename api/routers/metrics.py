@@ -38,6 +38,10 @@ class SearcherCollector:
         yield HistogramMetricFamily(
             "diffsearch_embed_batch_size", "Images per embedding batch", buckets=buckets, sum_value=stats.images
         )
+        searches = self.searcher.search_batcher
+        if searches is not None:
+            yield CounterMetricFamily("diffsearch_search_batches", "Vector searches run (each serving one or more queries)", value=searches.batches)
+            yield CounterMetricFamily("diffsearch_search_queries", "Queries answered by those searches", value=searches.queries)
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)

@@ -55,3 +55,38 @@ def test_a_lone_query_does_not_wait_for_a_batch_to_fill(embedder, sample_photos)
         assert queue.stats.batches == 2 and queue.stats.images == 3
     finally:
         queue.close()
+
+
+def test_concurrent_searches_share_one_call_and_match_searching_alone(searcher):
+    from searcher.search_batching import SearchBatcher
+
+    store = searcher._fresh_vectors()
+    vectors = np.stack([store.reconstruct(int(i)) for i in store.ids()[:24]])
+    alone = [store.search(v[None], 5) for v in vectors]
+    gate = threading.Event()
+    calls = []
+
+    class Slow:  # holds the first call back so the other 23 queue up behind it
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def search(self, queries, k, path_prefix=None):
+            calls.append(len(queries))
+            gate.wait(10)
+            return store.search(queries, k)
+
+    batcher = SearchBatcher(lambda: Slow(), max_batch=64)
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            futures = [pool.submit(batcher.search, v, 5) for v in vectors]
+            while not calls or batcher._queue.qsize() < 24 - calls[0]:  # the worker holds its first batch
+                threading.Event().wait(0.01)
+            gate.set()
+            batched = [f.result(30) for f in futures]
+    finally:
+        gate.set()
+        batcher.close()
+    assert len(calls) == 2 and sum(calls) == 24 and batcher.queries == 24  # two calls served 24 queries
+    for (d_alone, i_alone), (d_batched, i_batched) in zip(alone, batched):
+        assert i_batched.tolist() == i_alone.tolist()
+        np.testing.assert_allclose(d_batched, d_alone, atol=1e-5)
