@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -29,6 +30,28 @@ from indexer.errors import DiffsearchError
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def take_batch(source: queue.Queue, max_batch: int, wait: Callable[[], float]) -> list | None:
+    """Block for one item, then add more up to `max_batch`: what is queued, and for as long as
+    `wait()` says (seconds; < 0 stops, 0 takes only what is there). None: the queue was closed."""
+    first = source.get()
+    if first is None:
+        return None
+    batch = [first]
+    while len(batch) < max_batch:
+        timeout = wait()
+        if timeout < 0 and source.empty():
+            break
+        try:
+            item = source.get(timeout=timeout) if timeout > 0 else source.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            source.put(None)  # stop after this batch
+            break
+        batch.append(item)
+    return batch
 
 
 class QueueFullError(DiffsearchError):
@@ -97,25 +120,15 @@ class EmbeddingQueue:
         futures = [self.submit(p, expected) for p in pixels]
         return np.stack([f.result() for f in futures]) if futures else np.zeros((0, self.embedder.dim), np.float32)
 
+    def _more_wait(self, deadline: float) -> float:
+        """Seconds to wait for the next image: none when nobody else is on the way."""
+        if self._arriving == 0 and self._queue.empty():
+            return -1.0
+        return deadline - time.monotonic()
+
     def _take_batch(self) -> list[tuple[torch.Tensor, Future]] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        batch = [first]
         deadline = time.monotonic() + self.wait
-        while len(batch) < self.max_batch:
-            if self._arriving == 0 and self._queue.empty():
-                break  # nobody else is on the way: waiting would only add latency
-            timeout = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=max(timeout, 0)) if timeout > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)  # stop after this batch
-                break
-            batch.append(item)
-        return batch
+        return take_batch(self._queue, self.max_batch, lambda: self._more_wait(deadline))
 
     def _run(self) -> None:
         while (batch := self._take_batch()) is not None:

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.storage import VectorIndex
+from searcher.batching import take_batch
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +45,8 @@ class SearchBatcher:
         self._queue.put((np.asarray(vector, np.float32).reshape(-1), k, future))
         return future.result()
 
-    def _take(self) -> list[tuple[npt.NDArray[np.float32], int, Future]] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        batch = [first]
-        while len(batch) < self.max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)  # stop after this batch
-                break
-            batch.append(item)
-        return batch
-
     def _run(self) -> None:
-        while (batch := self._take()) is not None:
+        while (batch := take_batch(self._queue, self.max_batch, lambda: 0.0)) is not None:  # no waiting
             try:
                 k = max(item[1] for item in batch)
                 d2, ids = self.vectors().search(np.stack([item[0] for item in batch]), k)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from indexer.embedding.config import EmbeddingConfig
-from indexer.errors import ConfigError
-from indexer.storage.rows import Failure, Photo, delete_photos, read_meta, write_meta
+from indexer.errors import ConfigError, IndexMismatchError, IndexNotFoundError
+from indexer.storage.rows import Failure, Photo, create_schema, delete_photos, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +286,31 @@ class PhotoIndex(ABC):
         return {"photos": int(photos), "vectors": len(self.vectors), "failures": int(failures)}
 
 
-def batches(ids: list[int], size: int = 500) -> Iterator[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
+def stored_settings(engine: Engine, where: str, errors: AbstractContextManager[None], read_only: bool) -> IndexSettings:
+    """The settings in an index's meta table (checking its schema version); the engine is
+    disposed of when there are none or the database fails, so the caller owns it only on success."""
+    try:
+        with errors:
+            create_schema(engine, read_only)
+            with Session(engine) as session:
+                meta = read_meta(session)
+        if "embedding" not in meta:
+            raise IndexNotFoundError(f"{where} holds no finished index settings; index some photos into it first")
+        return IndexSettings.from_meta(meta)
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def settle_settings(session: Session, wanted: IndexSettings, where: str, elsewhere: str) -> None:
+    """Record `wanted` in a new index, or fail if the index was built with other settings."""
+    meta = read_meta(session)
+    if "embedding" not in meta:
+        write_meta(session, wanted.to_meta())
+        return
+    stored = IndexSettings.from_meta(meta)
+    if not wanted.accepts(stored):
+        raise IndexMismatchError(
+            f"{where} was built with model {stored.embedding.model!r} and other settings "
+            f"({describe_mismatch(stored, wanted)}). Use the index's settings or {elsewhere}."
+        )

@@ -21,10 +21,10 @@ import numpy.typing as npt
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from indexer.errors import IndexMismatchError, IndexNotFoundError, IndexReadOnlyError
-from indexer.storage.base import IndexSettings, Location, PhotoIndex, describe_mismatch, is_database_url
+from indexer.errors import IndexNotFoundError, IndexReadOnlyError
+from indexer.storage.base import IndexSettings, Location, PhotoIndex, is_database_url, settle_settings, stored_settings
 from indexer.storage.lock import WriteLock
-from indexer.storage.rows import SCHEMA_VERSION, create_schema, read_meta, write_meta
+from indexer.storage.rows import SCHEMA_VERSION, create_schema
 from indexer.storage.sqlite import DB_FILE, database_errors, integrity_problems, is_writable, open_engine
 from indexer.storage.vectors import VECTORS_FILE, VectorStore
 
@@ -61,18 +61,7 @@ class FolderIndex(PhotoIndex):
             raise IndexNotFoundError(f"no index at {index_dir} (run `diffsearch index PHOTOS --index {index_dir}` first)")
         read_only = not is_writable(index_dir)
         engine = open_engine(index_dir, read_only)
-        try:
-            with database_errors(index_dir):
-                create_schema(engine, read_only)
-                with Session(engine) as session:
-                    meta = read_meta(session)
-        except BaseException:
-            engine.dispose()
-            raise
-        if "embedding" not in meta:
-            engine.dispose()
-            raise IndexNotFoundError(f"{index_dir} holds no finished index settings; index some photos into it first")
-        return engine, IndexSettings.from_meta(meta), read_only
+        return engine, stored_settings(engine, str(index_dir), database_errors(index_dir), read_only), read_only
 
     @classmethod
     def _open(cls, location: Location) -> FolderIndex:
@@ -108,16 +97,7 @@ class FolderIndex(PhotoIndex):
             with database_errors(index_dir):
                 create_schema(engine)
                 with Session(engine) as session, session.begin():
-                    meta = read_meta(session)
-                    if "embedding" in meta:
-                        stored = IndexSettings.from_meta(meta)
-                        if not wanted.accepts(stored):
-                            raise IndexMismatchError(
-                                f"{index_dir} was built with model {stored.embedding.model!r} and other settings "
-                                f"({describe_mismatch(stored, wanted)}). Use the index's settings or another --index folder."
-                            )
-                    else:
-                        write_meta(session, wanted.to_meta())
+                    settle_settings(session, wanted, str(index_dir), "another --index folder")
         except BaseException:
             engine.dispose()
             raise

@@ -28,11 +28,10 @@ from indexer.errors import (
     ConfigError,
     DatabaseUnavailableError,
     IndexLockedError,
-    IndexMismatchError,
     IndexNotFoundError,
 )
-from indexer.storage.base import IndexSettings, Location, PhotoIndex, describe_mismatch, display_location, is_database_url
-from indexer.storage.rows import Photo, create_schema, read_meta, write_meta
+from indexer.storage.base import IndexSettings, Location, PhotoIndex, display_location, is_database_url, settle_settings, stored_settings
+from indexer.storage.rows import Photo, create_schema
 
 try:
     from pgvector.sqlalchemy import Vector
@@ -195,20 +194,14 @@ class PostgresIndex(PhotoIndex):
         engine = _engine(location)
         try:
             with database_errors(location):
-                if not inspect(engine).has_table("meta"):
-                    raise IndexNotFoundError(
-                        f"no index in {display_location(location)} (run `diffsearch index PHOTOS --database URL` first)"
-                    )
-                create_schema(engine, read_only=True)  # checks the schema version
-                with Session(engine) as session:
-                    meta = read_meta(session)
+                found = inspect(engine).has_table("meta")
         except BaseException:
             engine.dispose()
             raise
-        if "embedding" not in meta:
+        if not found:
             engine.dispose()
-            raise IndexNotFoundError(f"{display_location(location)} holds no finished index settings; index some photos into it first")
-        return engine, IndexSettings.from_meta(meta)
+            raise IndexNotFoundError(f"no index in {display_location(location)} (run `diffsearch index PHOTOS --database URL` first)")
+        return engine, stored_settings(engine, display_location(location), database_errors(location), read_only=True)
 
     @classmethod
     def _open(cls, location: Location) -> PostgresIndex:
@@ -237,16 +230,7 @@ class PostgresIndex(PhotoIndex):
                 _create_extension(engine, location)
                 create_schema(engine)
                 with Session(engine) as session, session.begin():
-                    meta = read_meta(session)
-                    if "embedding" in meta:
-                        stored = IndexSettings.from_meta(meta)
-                        if not wanted.accepts(stored):
-                            raise IndexMismatchError(
-                                f"{display_location(location)} was built with model {stored.embedding.model!r} and other "
-                                f"settings ({describe_mismatch(stored, wanted)}). Use the index's settings or another database."
-                            )
-                    else:
-                        write_meta(session, wanted.to_meta())
+                    settle_settings(session, wanted, display_location(location), "another database")
                     session.execute(
                         text(
                             f"CREATE TABLE IF NOT EXISTS {PhotoVector.__tablename__} ("
