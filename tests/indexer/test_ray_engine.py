@@ -41,7 +41,7 @@ def test_a_killed_ray_run_leaves_the_index_as_it_was_and_a_rerun_finishes(ray_lo
     for line in proc.stderr:  # wait until the job is under way, then kill the writer and everything it started
         if "ray: 13 photo(s) to embed" in line or time.monotonic() > deadline:
             break
-    time.sleep(4)
+    time.sleep(2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     index = PhotoIndex.open(index_dir)
