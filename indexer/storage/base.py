@@ -176,13 +176,28 @@ class PhotoIndex(ABC):
         """The one-writer lock of that index (a lock file, or a Postgres advisory lock)."""
         return PhotoIndex._kind(location)._write_lock(location)
 
-    @classmethod
     @abstractmethod
-    def _open(cls, location: Location) -> PhotoIndex: ...
+    def __init__(self, location: Location, engine: Engine, settings: IndexSettings, read_only: bool = False) -> None: ...
+
+    @staticmethod
+    @abstractmethod
+    def _read(location: Location) -> tuple[Engine, IndexSettings, bool]:
+        """The engine, stored settings and read-only flag of an existing index (vectors not loaded);
+        IndexNotFoundError where there is none."""
 
     @classmethod
-    @abstractmethod
-    def _stored_settings(cls, location: Location) -> IndexSettings | None: ...
+    def _open(cls, location: Location) -> PhotoIndex:
+        engine, settings, read_only = cls._read(location)
+        return cls(location, engine, settings, read_only)
+
+    @classmethod
+    def _stored_settings(cls, location: Location) -> IndexSettings | None:
+        try:
+            engine, settings, _ = cls._read(location)
+        except IndexNotFoundError:
+            return None
+        engine.dispose()
+        return settings
 
     @classmethod
     @abstractmethod
@@ -286,7 +301,7 @@ class PhotoIndex(ABC):
         return {"photos": int(photos), "vectors": len(self.vectors), "failures": int(failures)}
 
 
-def stored_settings(engine: Engine, where: str, errors: AbstractContextManager[None], read_only: bool) -> IndexSettings:
+def read_settings(engine: Engine, where: str, errors: AbstractContextManager[None], read_only: bool) -> IndexSettings:
     """The settings in an index's meta table (checking its schema version); the engine is
     disposed of when there are none or the database fails, so the caller owns it only on success."""
     try:

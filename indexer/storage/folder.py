@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from indexer.errors import IndexNotFoundError, IndexReadOnlyError
-from indexer.storage.base import IndexSettings, Location, PhotoIndex, is_database_url, settle_settings, stored_settings
+from indexer.storage.base import IndexSettings, Location, PhotoIndex, is_database_url, read_settings, settle_settings
 from indexer.storage.lock import WriteLock
 from indexer.storage.rows import SCHEMA_VERSION, create_schema
 from indexer.storage.sqlite import DB_FILE, database_errors, integrity_problems, is_writable, open_engine
@@ -35,8 +35,8 @@ DEFAULT_INDEX_DIR = Path("diffsearch-index")
 class FolderIndex(PhotoIndex):
     """An open index folder."""
 
-    def __init__(self, index_dir: Path, engine: Engine, settings: IndexSettings, read_only: bool = False) -> None:
-        self.dir = Path(index_dir)
+    def __init__(self, location: Location, engine: Engine, settings: IndexSettings, read_only: bool = False) -> None:
+        self.dir = Path(location)
         self.location = str(self.dir)
         self.cache_dir = self.dir
         self.engine = engine
@@ -55,27 +55,13 @@ class FolderIndex(PhotoIndex):
         return not is_database_url(location)
 
     @staticmethod
-    def _read(index_dir: Path) -> tuple[Engine, IndexSettings, bool]:
-        """The engine, stored settings and read-only flag of an existing index (vectors not loaded)."""
+    def _read(location: Location) -> tuple[Engine, IndexSettings, bool]:
+        index_dir = Path(location)
         if not (index_dir / DB_FILE).is_file():
             raise IndexNotFoundError(f"no index at {index_dir} (run `diffsearch index PHOTOS --index {index_dir}` first)")
         read_only = not is_writable(index_dir)
         engine = open_engine(index_dir, read_only)
-        return engine, stored_settings(engine, str(index_dir), database_errors(index_dir), read_only), read_only
-
-    @classmethod
-    def _open(cls, location: Location) -> FolderIndex:
-        engine, settings, read_only = cls._read(Path(location))
-        return cls(Path(location), engine, settings, read_only)
-
-    @classmethod
-    def _stored_settings(cls, location: Location) -> IndexSettings | None:
-        try:
-            engine, settings, _ = cls._read(Path(location))
-        except IndexNotFoundError:
-            return None
-        engine.dispose()
-        return settings
+        return engine, read_settings(engine, str(index_dir), database_errors(index_dir), read_only), read_only
 
     @staticmethod
     def _write_lock(location: Location) -> WriteLock:

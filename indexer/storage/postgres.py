@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, Integer, create_engine, delete, func, inspect, insert, select, text
+from sqlalchemy import Engine, Integer, create_engine, func, inspect, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -30,8 +30,8 @@ from indexer.errors import (
     IndexLockedError,
     IndexNotFoundError,
 )
-from indexer.storage.base import IndexSettings, Location, PhotoIndex, display_location, is_database_url, settle_settings, stored_settings
-from indexer.storage.rows import Photo, create_schema
+from indexer.storage.base import IndexSettings, Location, PhotoIndex, display_location, is_database_url, read_settings, settle_settings
+from indexer.storage.rows import Photo, create_schema, delete_where_in
 
 try:
     from pgvector.sqlalchemy import Vector
@@ -190,7 +190,7 @@ class PostgresIndex(PhotoIndex):
         return is_database_url(location)
 
     @staticmethod
-    def _read(location: Location) -> tuple[Engine, IndexSettings]:
+    def _read(location: Location) -> tuple[Engine, IndexSettings, bool]:
         engine = _engine(location)
         try:
             with database_errors(location):
@@ -201,21 +201,8 @@ class PostgresIndex(PhotoIndex):
         if not found:
             engine.dispose()
             raise IndexNotFoundError(f"no index in {display_location(location)} (run `diffsearch index PHOTOS --database URL` first)")
-        return engine, stored_settings(engine, display_location(location), database_errors(location), read_only=True)
-
-    @classmethod
-    def _open(cls, location: Location) -> PostgresIndex:
-        engine, settings = cls._read(location)
-        return cls(location, engine, settings)
-
-    @classmethod
-    def _stored_settings(cls, location: Location) -> IndexSettings | None:
-        try:
-            engine, settings = cls._read(location)
-        except IndexNotFoundError:
-            return None
-        engine.dispose()
-        return settings
+        # Read-only opens the schema without changing it; the role's own rights decide the rest.
+        return engine, read_settings(engine, display_location(location), database_errors(location), read_only=True), False
 
     @staticmethod
     def _write_lock(location: Location) -> AdvisoryLock:
@@ -272,8 +259,7 @@ class PostgresIndex(PhotoIndex):
         if not ids:
             return
         with self.errors(), Session(self.engine) as session, session.begin():
-            for start in range(0, len(ids), 1000):
-                session.execute(delete(PhotoVector).where(PhotoVector.id.in_([int(i) for i in ids[start : start + 1000]])))
+            delete_where_in(session, PhotoVector.id, [int(i) for i in ids])
 
     def save_vectors(self) -> None:
         """Nothing to do: the vectors were committed with their rows."""

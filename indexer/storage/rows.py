@@ -103,12 +103,16 @@ def photos_under(session: Session, roots: list[Path]) -> dict[str, Photo]:
     return out
 
 
-def delete_failures(session: Session, paths: list[str], chunk: int = 500) -> None:
-    for start in range(0, len(paths), chunk):
-        session.execute(delete(Failure).where(Failure.path.in_(paths[start : start + chunk])))
+def delete_where_in(session: Session, column: Any, values: list[Any], chunk: int = 500) -> None:
+    """DELETE the rows whose `column` is one of `values`, in chunks under SQLite's bound-parameter limit."""
+    for start in range(0, len(values), chunk):
+        session.execute(delete(column.class_).where(column.in_(values[start : start + chunk])))
 
 
-def delete_photos(session: Session, ids: list[int], chunk: int = 500) -> None:
-    """Delete rows by id, in chunks that stay under SQLite's bound-parameter limit."""
-    for start in range(0, len(ids), chunk):
-        session.execute(delete(Photo).where(Photo.id.in_(ids[start : start + chunk])))
+def delete_failures(session: Session, paths: list[str]) -> None:
+    delete_where_in(session, Failure.path, paths)
+
+
+def delete_photos(session: Session, ids: list[int]) -> None:
+    """Delete rows by id (a Postgres index's vectors go with them: ON DELETE CASCADE)."""
+    delete_where_in(session, Photo.id, ids)
