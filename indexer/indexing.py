@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -300,7 +300,7 @@ class IndexRun:
             )  # fmt: skip
             session.add(row)
             rows.append(row)
-        session.execute(delete(Failure).where(Failure.path.in_([str(files[item.i].path) for item in good])))
+        delete_failures(session, [str(files[item.i].path) for item in good])  # they failed before, not now
         session.flush()  # assigns the ids that become the vector ids
         vectors = np.stack([item.vector for item in good]).astype(np.float32)
         self.index.add_vectors(session, np.array([r.id for r in rows], dtype=np.int64), vectors)
