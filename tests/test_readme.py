@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -95,7 +94,8 @@ def test_every_readme_example_runs_as_written(tmp_path):
 
 def scaling_out_lines() -> list[str]:
     section = README.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
-    return [line.strip() for line in re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0].splitlines() if line.strip()]
+    block = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.split("  #")[0].strip()]
 
 
 def test_the_scaling_out_walkthrough_runs_and_matches_the_default(ray_local, searcher):
@@ -110,29 +110,23 @@ def test_the_scaling_out_walkthrough_runs_and_matches_the_default(ray_local, sea
     script, stop = [], next(line for line in lines if "local_postgres stop" in line)
     for line in lines:
         if line.rstrip().endswith("&") or line == stop:
-            continue  # serve in the background: tests/api/test_postgres_api.py serves a Postgres index
+            continue  # serve in the background (it would outlive the script): tests/api/test_postgres_api.py serves a Postgres index
         script.append(line.replace(".venv/bin/", f"{bin_dir}/").replace("/tmp/diffsearch-pg", pg_dir))
     script.append("echo URL=$URL")
     stop = stop.replace(".venv/bin/", f"{bin_dir}/").replace("/tmp/diffsearch-pg", pg_dir)
     try:
-        # Output to files, not pipes: the server the script starts outlives it and would hold a pipe open.
-        with open(f"{pg_dir}.out", "w+") as out, open(f"{pg_dir}.err", "w+") as err:
-            code = subprocess.run(["bash", "-ec", "\n".join(script)], cwd=ROOT, env=env, stdout=out, stderr=err, timeout=600).returncode
-            out.seek(0), err.seek(0)
-            stdout, stderr = out.read(), err.read()
-        assert code == 0, stderr[-3000:]
-        printed = [line.split()[-1] for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+        done = subprocess.run(["bash", "-ec", "\n".join(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        printed = [line.split()[-1] for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
         query = next(line for line in lines if " query " in line).split()[2]
         assert printed[-5:] == [hit.path for hit in searcher.query(ROOT / query, k=5)]
-        url = stdout.split("URL=")[-1].strip()
+        url = done.stdout.split("URL=")[-1].strip()
         local, distributed = vectors_by_path(searcher.index.location), vectors_by_path(url)
         assert local.keys() == distributed.keys()
         assert max(float(abs(local[p] - distributed[p]).max()) for p in local) <= 1e-5
     finally:
         subprocess.run(["bash", "-c", stop], env=env, capture_output=True)
         shutil.rmtree(pg_dir, ignore_errors=True)
-        for suffix in (".out", ".err"):
-            Path(pg_dir + suffix).unlink(missing_ok=True)
 
 
 def vectors_by_path(location: str):  # noqa: ANN201
