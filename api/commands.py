@@ -37,7 +37,7 @@ def query(
 
     settings = load_settings(index_dir=index_dir, database=database, device=device)
     try:
-        results = Searcher(settings.location, settings.runtime()).query(image, k, max_distance, path_prefix)
+        results = Searcher(settings.location, settings.runtime_options()).query(image, k, max_distance, path_prefix)
     except DiffsearchError as exc:
         fail(exc)
         return
@@ -61,7 +61,7 @@ def dedup(
 
     settings = load_settings(index_dir=index_dir, database=database)
     try:
-        groups = find_duplicates(Searcher(settings.location, settings.runtime()), threshold)
+        groups = find_duplicates(Searcher(settings.location, settings.runtime_options()), threshold)
     except DiffsearchError as exc:
         fail(exc)
         return

@@ -114,9 +114,11 @@ def soak(url: str, pid: int, photo: bytes, minutes: float, clients: int = 32, ev
         print(f"| {(step + 1) * every / 60:.1f} | {total} | {errors} | {rss_mib(pid):.0f} |", flush=True)
 
 
-def http_bench(index_dir: Path, photo: bytes, seconds: float, batching: bool = True, soak_minutes: float = 0.0) -> None:
+def http_bench(
+    index_dir: Path, photo: bytes, seconds: float, batching: bool = True, soak_minutes: float = 0.0, runtime: str = "auto"
+) -> None:
     port = free_port()
-    env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false"}
+    env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false", "DIFFSEARCH_RUNTIME": runtime}
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--index", str(index_dir), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -130,7 +132,8 @@ def http_bench(index_dir: Path, photo: bytes, seconds: float, batching: bool = T
             except httpx.HTTPError:
                 time.sleep(0.2)
         load(url, photo, 1, 3)  # warm-up
-        print(f"\n{'micro-batched (default)' if batching else 'one request at a time (before)'}:\n")
+        mode = "micro-batched" if batching else "one request at a time"
+        print(f"\n{mode}, runtime {runtime}{' (default)' if batching and runtime == 'auto' else ''}:\n")
         print("| clients | requests | errors | p50 ms | p99 ms | req/s |")
         print("|---|---|---|---|---|---|")
         for clients in (1, 8, 32):
@@ -147,7 +150,7 @@ def http_bench(index_dir: Path, photo: bytes, seconds: float, batching: bool = T
 def faiss_bench(real: np.ndarray, sizes: tuple[int, ...], queries: int = 200) -> None:
     rng = np.random.default_rng(1)
     d = real.shape[1]
-    print(f"\n| vectors | index | build s | ms/query (1 thread) | recall@10 vs Flat |")
+    print("\n| vectors | index | build s | ms/query (1 thread) | recall@10 vs Flat |")
     print("|---|---|---|---|---|")
     faiss.omp_set_num_threads(1)
     for n in sizes:
@@ -187,6 +190,7 @@ def main() -> None:
     parser.add_argument("--faiss-sizes", default="100000,1000000", help="'' skips the FAISS-alone table")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="then 32 clients this long, sampling server RSS")
     parser.add_argument("--skip-before", action="store_true", help="skip the unbatched server")
+    parser.add_argument("--baseline-runtime", default="", help="first serve micro-batched with this runtime (e.g. torch)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="diffsearch-query-"))
     padded = work / "index"
@@ -195,6 +199,8 @@ def main() -> None:
     print(f"POST /search, k=10, {total:,} vectors ({PhotoIndex.open(args.index).counts()['photos']:,} real photos), {args.seconds:.0f} s per level\n")
     if not args.skip_before:
         http_bench(padded, photo, args.seconds, batching=False)
+    if args.baseline_runtime:
+        http_bench(padded, photo, args.seconds, batching=True, runtime=args.baseline_runtime)
     http_bench(padded, photo, args.seconds, batching=True, soak_minutes=args.soak_minutes)
     if args.faiss_sizes:
         index = PhotoIndex.open(args.index)

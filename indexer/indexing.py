@@ -321,7 +321,7 @@ def embedder_for(settings: Settings, stored: EmbeddingConfig | None, embedder: E
     if embedder is not None and embedder.config == config:
         return embedder
     reuse = embedder.model if embedder and embedder.config.model == config.model else None
-    return Embedder(config, settings.runtime(), model=reuse)
+    return Embedder(config, settings.runtime_options(), model=reuse)
 
 
 def index_photos(

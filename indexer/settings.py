@@ -45,6 +45,8 @@ class Settings:
     allowed_hosts: str = ""
     dtype: str = "auto"  # auto, bfloat16 or float32: how fast, never which vectors
     threads: int = 0  # compute threads; 0: the cores this process may use (DIFFSEARCH_THREADS also works)
+    runtime: str = "auto"  # auto, torch or openvino: what runs the model (speed only; the vectors agree)
+    cache_dir: str = ""  # compiled model graphs; "": $XDG_CACHE_HOME/diffsearch (~/.cache/diffsearch)
     batching: bool = True  # the server embeds concurrent queries in shared batches
     max_queue: int = 64  # queries waiting to be embedded before the server answers 503
     batch_wait_ms: float = 5.0  # how long the embedding worker waits to fill a batch
@@ -95,10 +97,10 @@ class Settings:
         own = () if self.host in ("0.0.0.0", "::", "") else (self.host,)
         return ("127.0.0.1", "localhost", "::1", "[::1]") + own + extra
 
-    def runtime(self) -> RuntimeOptions:
+    def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(
             device=self.device, batch_size=self.batch_size, workers=self.workers, allow_download=self.allow_download,
-            dtype=self.dtype, threads=self.threads,
+            dtype=self.dtype, threads=self.threads, runtime=self.runtime, cache_dir=self.cache_dir,
         )  # type: ignore[arg-type]
 
     def embedding_config(self, stored: EmbeddingConfig | None = None) -> EmbeddingConfig:

@@ -151,12 +151,18 @@ class RuntimeOptions:
     # CUDA), else fp32. Vectors agree across dtypes to float noise (cosine > 0.9999, measured).
     dtype: Dtype = "auto"
     threads: int = 0  # compute threads; 0: every core this process may use (indexer.threads)
+    # What runs the forward passes: "auto" is OpenVINO on a CPU for the bundled kind of model (~2x
+    # faster, same vectors to float noise), torch elsewhere; "torch" or "openvino" to choose.
+    runtime: str = "auto"
+    cache_dir: str = ""  # where compiled model graphs are kept; "": $XDG_CACHE_HOME/diffsearch
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if self.runtime not in ("auto", "torch", "openvino"):
+            raise ConfigError(f"runtime must be 'auto', 'torch' or 'openvino', got {self.runtime!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:

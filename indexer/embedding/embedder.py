@@ -6,10 +6,10 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from functools import cached_property
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import numpy.typing as npt
@@ -18,11 +18,12 @@ from diffusers import DDIMScheduler
 
 from indexer.embedding.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
-from indexer.embedding.features import capture, pool
+from indexer.embedding.features import pool
 from indexer.images import ImageInput, prepare
 from indexer.embedding.inversion import invert
 from indexer.embedding.model import DiffusionModel, load_model
 from indexer.embedding.projection import Projection
+from indexer.embedding.runtimes import OpenVinoRuntime, Runtime, TorchRuntime, pick_runtime
 from indexer.threads import apply_thread_budget, thread_budget
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,11 @@ class Embedder:
         self.options = options or RuntimeOptions()
         self.device = pick_device(self.options.device)
         self.dtype = pick_dtype(self.options.dtype, self.device)
-        apply_thread_budget(thread_budget(self.options.threads))
+        threads = thread_budget(self.options.threads)
+        apply_thread_budget(threads)
         self.model = (model or load_model(self.config.model, self.options.allow_download)).to(self.device)
         self._check_config()
+        self.runtime = self._make_runtime(threads)
         self.projection = self._find_projection()
         self._alphas_cumprod = DDIMScheduler.from_config(self.model.scheduler_config).alphas_cumprod
         self.stage_seconds: dict[str, float] = defaultdict(float)
@@ -103,6 +106,13 @@ class Embedder:
             raise ConfigError(
                 f"timestep must be < {self.model.num_train_timesteps} for this model, got {self.config.timestep}"
             )
+
+    def _make_runtime(self, threads: int) -> Runtime:
+        name = pick_runtime(self.options.runtime, self.model, self.device)
+        if name == "openvino":
+            cache = Path(self.options.cache_dir) if self.options.cache_dir else None
+            return OpenVinoRuntime(self.model, self.config.blocks, self.dtype, threads, cache)
+        return TorchRuntime(self.model, self.config.blocks, self.dtype, self.device)
 
     def _find_projection(self) -> Projection | None:
         if not self.config.projection:
@@ -144,11 +154,6 @@ class Embedder:
             return self.projection.dim
         return int(self.embed_pixels(torch.zeros(1, 3, self.config.image_size, self.config.image_size)).shape[1])
 
-    def _autocast(self):  # noqa: ANN202 - a context manager
-        if self.dtype == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def prepare(self, image: ImageInput) -> torch.Tensor:
         """Decode, EXIF-transpose and crop one image to (3, S, S); raises InvalidImageError."""
         return prepare(image, self.config.image_size, self.config.trim_borders)
@@ -186,19 +191,14 @@ class Embedder:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels -> x0 in the U-Net's space (float32, on the CPU)."""
         clock = time.perf_counter()
-
-        def encode_chunk(chunk: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return self.model.encode(chunk).float().cpu()
-
-        x0 = self._batched(encode_chunk, pixels, pair_singles=not self.model.encoder_batch_invariant)
+        x0 = self._batched(self.runtime.encode, pixels, pair_singles=not self.runtime.encoder_batch_invariant)
         self._timed("encode", clock)
         return x0
 
     @torch.no_grad()
     def pooled_features(self, x0: torch.Tensor) -> Embedding:
         """x0 latents -> concatenated pooled features, before projection and final normalisation."""
-        return self._batched(self._features, x0).numpy()
+        return self._batched(self._features, x0, pair_singles=not self.runtime.batch_invariant).numpy()
 
     def finish(self, raw: Embedding) -> Embedding:
         """Projection (when the model ships one for this config), then L2 normalisation."""
@@ -216,6 +216,9 @@ class Embedder:
             return alpha.sqrt() * xt - (1 - alpha).sqrt() * model_output
         return (xt - (1 - alpha).sqrt() * model_output) / alpha.sqrt()
 
+    def _predict_noise(self, sample: torch.Tensor, timestep: int) -> torch.Tensor:
+        return self.runtime.unet(sample, timestep)[0]
+
     def _timed(self, stage: str, started: float) -> float:
         now = time.perf_counter()
         self.stage_seconds[stage] += now - started
@@ -226,11 +229,10 @@ class Embedder:
         clock = time.perf_counter()
         sources: dict[str, torch.Tensor] = {LATENT: x0} if LATENT in cfg.blocks else {}
         if cfg.uses_unet:
-            with self._autocast():
-                xt = invert(self.model, x0, cfg.timestep, cfg.inversion_steps)
+            with self.runtime.session():
+                xt = invert(self.model, x0, cfg.timestep, cfg.inversion_steps, predict=self._predict_noise)
                 clock = self._timed("inversion", clock)
-                with capture(self.model.unet, cfg.blocks) as captured:
-                    noise = self.model.predict_noise(xt, cfg.timestep).float()
+                noise, captured = self.runtime.unet(xt, cfg.timestep)
             sources.update(captured)
             if PREDICTED_X0 in cfg.blocks:
                 sources[PREDICTED_X0] = self._predicted_x0(xt.float(), noise)

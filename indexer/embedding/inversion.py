@@ -7,6 +7,7 @@ maths; this module only chooses the timesteps: k equal steps from 0 to t.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,17 +36,27 @@ def make_inverse_scheduler(scheduler_config: dict[str, Any], timestep: int, step
 
 
 @torch.no_grad()
-def invert(model: DiffusionModel, x0: torch.Tensor, timestep: int, steps: int) -> torch.Tensor:
-    """x_t from x_0 by `steps` DDIM inversion steps (steps=0: x_0 itself, fed at t)."""
+def invert(
+    model: DiffusionModel,
+    x0: torch.Tensor,
+    timestep: int,
+    steps: int,
+    predict: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """x_t from x_0 by `steps` DDIM inversion steps (steps=0: x_0 itself, fed at t).
+
+    `predict(sample, t)` gives the U-Net's output (default: the model's own torch forward pass;
+    the Embedder passes its runtime's)."""
     if steps == 0 or timestep == 0:
         return x0
     scheduler = make_inverse_scheduler(model.scheduler_config, timestep, steps)
     stride = timestep // steps
+    predict = predict or model.predict_noise
     sample = x0
     for i in range(1, steps + 1):
         t = i * stride
         # Predict the noise at the next timestep from the current sample (the usual inversion
         # approximation, as in diffusers' inversion pipelines), then let DDIM move to t.
-        noise = model.predict_noise(sample, t).to(sample.dtype)
+        noise = predict(sample, t).to(sample.dtype)
         sample = scheduler.step(noise, t, sample).prev_sample
     return sample

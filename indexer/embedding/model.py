@@ -59,6 +59,9 @@ class DiffusionModel:
     encoder_batch_invariant: bool = False
     projections: dict[str, Projection] = field(default_factory=dict)
     modules: list[nn.Module] = field(default_factory=list)  # everything to move with .to()
+    # Graphs compiled from this model by a runtime (indexer.embedding.runtimes), kept so that
+    # several embedders of one model compile once.
+    compiled: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def num_train_timesteps(self) -> int:

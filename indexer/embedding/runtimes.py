@@ -1,0 +1,259 @@
+"""Where the model's forward passes run: eager torch, or the same graphs compiled by OpenVINO.
+
+Both runtimes offer one interface, so the Embedder does not care which one computes:
+`encode(pixels) -> x0` and `unet(sample, t) -> (U-Net output, {block: activations})`.
+
+OpenVINO (`runtime="auto"` on a CPU, for the bundled kind of model) traces the TAEF2 encoder and
+the U-Net once, saves the graphs in a cache folder and compiles them for this CPU's instructions:
+bench/results/embed.md measured the encoder 2.5x faster in bf16 than torch's autocast, and a lone
+query's U-Net pass 3x faster. Its kernels give bit-identical rows whatever the batch size (tested),
+and its bf16 vectors agree with torch's to float noise, so the runtime, like the dtype, is a speed
+option and not part of an index's fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import signal
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from indexer.embedding.config import LATENT, PREDICTED_X0
+from indexer.embedding.features import capture
+from indexer.embedding.model import DiffusionModel
+from indexer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "openvino")
+# Bump when the traced graphs change shape or meaning: old cached graphs are then ignored.
+GRAPH_VERSION = 1
+
+
+class Runtime(Protocol):
+    name: str
+    batch_invariant: bool  # rows never depend on the batch they were computed in
+
+    def session(self) -> Any: ...  # a context manager around one batch's passes
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def unet(self, sample: torch.Tensor, timestep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def unet_blocks(blocks: Sequence[str]) -> tuple[str, ...]:
+    """The feature sources that are U-Net blocks (not the latent, not the predicted x0)."""
+    return tuple(b for b in blocks if b not in (LATENT, PREDICTED_X0))
+
+
+class TorchRuntime:
+    """Eager torch on any device; bf16 through autocast."""
+
+    name = "torch"
+
+    def __init__(self, model: DiffusionModel, blocks: Sequence[str], dtype: str, device: torch.device) -> None:
+        self.model = model
+        self.blocks = unet_blocks(blocks)
+        self.dtype = dtype
+        self.device = device
+        # oneDNN takes another bf16 kernel path for a batch of one; see Embedder._batched.
+        self.batch_invariant = False
+        self.encoder_batch_invariant = model.encoder_batch_invariant
+
+    def session(self) -> Any:
+        """Autocast for one batch's passes: its cache casts the weights to bf16 once per batch."""
+        if self.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self.session():
+            return self.model.encode(pixels).float().cpu()
+
+    def unet(self, sample: torch.Tensor, timestep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with capture(self.model.unet, self.blocks) as captured:
+            out = self.model.predict_noise(sample, timestep).float()
+        return out, captured
+
+
+class _EncodeGraph(nn.Module):
+    def __init__(self, model: DiffusionModel) -> None:
+        super().__init__()
+        self.fn = model.encode  # traced through: the encoder's weights become graph constants
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.fn(pixels)
+
+
+class _UNetGraph(nn.Module):
+    """The U-Net as one graph: its output, then each wanted block's activations."""
+
+    def __init__(self, model: DiffusionModel, blocks: tuple[str, ...]) -> None:
+        super().__init__()
+        self.unet = model.unet
+        self.blocks = blocks
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with capture(self.unet, self.blocks) as captured:
+            out = self.unet(sample, timesteps).sample
+        return (out, *(captured[b] for b in self.blocks))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "diffsearch"
+
+
+class OpenVinoRuntime:
+    """The encoder and U-Net as OpenVINO graphs, compiled for this CPU (bf16 where it is native)."""
+
+    name = "openvino"
+    batch_invariant = True
+    encoder_batch_invariant = True
+
+    def __init__(
+        self, model: DiffusionModel, blocks: Sequence[str], dtype: str, threads: int, cache_dir: Path | None = None
+    ) -> None:
+        import openvino as ov
+
+        self.model = model
+        self.blocks = unet_blocks(blocks)
+        self._ov = ov
+        self._cache = (cache_dir or default_cache_dir()) / "openvino"
+        self._properties = {
+            "INFERENCE_PRECISION_HINT": "bf16" if dtype == "bfloat16" else "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            # Pinned threads cannot move off a core another busy process holds (bench/contention.py).
+            "ENABLE_CPU_PINNING": False,
+        }
+        # Every OpenVINO call runs on this one thread, which blocks all signals. OpenVINO's CPU
+        # plugin gives the thread that compiles or infers an alternate signal stack of its own
+        # (measured: sigaltstack changes on compile_model and on inference) that it does not keep
+        # valid: a signal later delivered on such a thread (SIGCHLD when a child exits, say) was
+        # written over freed memory and crashed the process. Threads OpenVINO starts inherit the mask.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openvino", initializer=_block_signals)
+        side = 2 * model.min_image_multiple  # example inputs for tracing; every size runs
+        self._side = side
+        self._encoder = self._on_thread(
+            self._compiled, "encoder", lambda: _EncodeGraph(model), (torch.rand(2, 3, side, side),), [[-1, 3, -1, -1]]
+        )
+
+    @cached_property
+    def _unet(self) -> Any:
+        """Compiled on first use: a latent-only config never runs the U-Net."""
+        channels = int(self.model.unet.config.in_channels)
+        latent = torch.zeros(2, channels, self._side // self.model.downscale, self._side // self.model.downscale)
+        return self._on_thread(
+            self._compiled,
+            "unet-" + ",".join(self.blocks),
+            lambda: _UNetGraph(self.model, self.blocks),
+            (latent, torch.zeros(2, dtype=torch.long)),
+            [[-1, channels, -1, -1], [-1]],
+        )
+
+    def session(self) -> Any:
+        return nullcontext()
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._on_thread(_infer, self._encoder, [pixels.float().numpy()])[0]
+
+    def unet(self, sample: torch.Tensor, timestep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t = torch.full((sample.shape[0],), timestep, dtype=torch.long)
+        tensors = self._on_thread(_infer, self._unet, [sample.float().numpy(), t.numpy()])
+        return tensors[0], dict(zip(self.blocks, tensors[1:], strict=True))
+
+    def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._thread.submit(fn, *args).result()
+
+    def _compiled(self, graph: str, build: Any, example: tuple[torch.Tensor, ...], shapes: list[list[int]]) -> Any:
+        """The compiled graph, from the model's memo, the cache folder, or traced now (and cached)."""
+        key = f"{graph}/{self._properties['INFERENCE_PRECISION_HINT']}/{self._properties['INFERENCE_NUM_THREADS']}"
+        if key in self.model.compiled:
+            return self.model.compiled[key]
+        ov = self._ov
+        name = hashlib.sha256(
+            f"{self.model.fingerprint}|{graph}|{GRAPH_VERSION}|{ov.__version__}|{torch.__version__}".encode()
+        ).hexdigest()[:20]
+        xml = self._cache / f"{name}.xml"
+        properties = dict(self._properties)
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as scratch:
+            if not xml.is_file():
+                traced = self._trace(build, example, shapes, graph)
+                saved = self._save(traced, xml)
+                if saved is None:  # no cache: a scratch copy, so that the graph is still read back
+                    saved = Path(scratch) / xml.name
+                    ov.save_model(traced, str(saved), compress_to_fp16=False)
+                xml = saved
+            if xml.parent == self._cache:
+                properties["CACHE_DIR"] = str(self._cache / "compiled")  # compiled kernels too
+            # Always the graph as read back from disk: a freshly traced one compiles to slightly
+            # different bf16 kernels (0.017 on the latent, measured), and vectors must not depend on
+            # whether the cache was warm.
+            compiled = core.compile_model(core.read_model(str(xml)), "CPU", properties)
+        self.model.compiled[key] = compiled
+        return compiled
+
+    def _trace(self, build: Any, example: tuple[torch.Tensor, ...], shapes: list[list[int]], graph: str) -> Any:
+        ov = self._ov
+        log.info("tracing the %s graph of model %r for OpenVINO (once; cached in %s)", graph, self.model.name, self._cache)
+        with torch.no_grad(), warnings.catch_warnings():
+            # diffusers' shape asserts and size checks become constants in the trace; none changes the maths.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return ov.convert_model(build().eval(), example_input=example, input=[ov.PartialShape(s) for s in shapes])
+
+    def _save(self, source: Any, xml: Path) -> Path | None:
+        """Write the traced graph (weights exactly as they are: no fp16 compression) atomically."""
+        try:
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
+            self._ov.save_model(source, str(tmp), compress_to_fp16=False)
+            os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+            os.replace(tmp, xml)
+            return xml
+        except (OSError, RuntimeError) as exc:
+            log.warning("cannot cache compiled model graphs in %s (%s); they are traced again next time", self._cache, exc)
+            return None
+
+
+def _block_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+
+
+def _infer(compiled: Any, inputs: list[Any]) -> list[torch.Tensor]:
+    """One inference on a request of its own: a compiled model is shared by every embedder of one
+    model (servers run several threads), and `compiled(...)` would reuse one request unsafely."""
+    results = compiled.create_infer_request().infer(inputs, share_inputs=False, share_outputs=False)
+    return [torch.from_numpy(results[i]) for i in range(len(compiled.outputs))]
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def pick_runtime(requested: str, model: DiffusionModel, device: torch.device) -> str:
+    """`requested`, or for "auto" OpenVINO where it serves (a CPU, the bundled kind of model) and torch elsewhere."""
+    if requested not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {requested!r}")
+    if requested == "torch":
+        return "torch"
+    fits = device.type == "cpu" and model.kind == "latent-taef2"
+    if requested == "openvino":
+        if not fits:
+            raise ConfigError(f"runtime 'openvino' runs the bundled kind of model on a CPU, not a {model.kind} model on {device.type}")
+        if not openvino_available():
+            raise ConfigError("runtime 'openvino' needs the openvino package (pip install openvino)")
+        return "openvino"
+    return "openvino" if fits and openvino_available() else "torch"

@@ -1,0 +1,115 @@
+"""Both runtimes (eager torch, OpenVINO) give the same vectors; OpenVINO's graphs are cached on disk."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.embedder import Embedder
+from indexer.embedding.model import load_model
+from indexer.embedding.runtimes import pick_runtime
+from indexer.errors import ConfigError
+from indexer.settings import Settings
+
+pytest.importorskip("openvino")
+
+
+def embed(model, config, photos, **options):  # noqa: ANN001, ANN003, ANN201
+    embedder = Embedder(config, RuntimeOptions(device="cpu", **options), model=model)
+    return embedder, embedder.embed(photos)
+
+
+def test_auto_picks_openvino_on_cpu_for_the_bundled_kind_only(default_model):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_runtime("auto", default_model, cpu) == "openvino"
+    assert pick_runtime("auto", default_model, cuda) == "torch"
+    pixel = dataclasses.replace(default_model, kind="pixel")
+    assert pick_runtime("auto", pixel, cpu) == "torch"
+    assert pick_runtime("torch", default_model, cpu) == "torch"
+    with pytest.raises(ConfigError, match="openvino"):
+        pick_runtime("openvino", pixel, cpu)
+    with pytest.raises(ConfigError, match="runtime must be"):
+        RuntimeOptions(runtime="tensorrt")
+    settings = Settings.load(env={"DIFFSEARCH_RUNTIME": "torch", "DIFFSEARCH_CACHE_DIR": "/tmp/x"})
+    assert settings.runtime_options().runtime == "torch" and settings.runtime_options().cache_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize("config", [EmbeddingConfig(), EmbeddingConfig(image_size=256, blocks=("mid", "x0", "up.0"))])
+def test_openvino_vectors_match_torch(default_model, sample_photos, config):
+    """fp32: the same numbers; bf16: float noise, as close to fp32 as torch's own bf16 is."""
+    photos = sample_photos[:8]
+    _, reference = embed(default_model, config, photos, runtime="torch", dtype="float32")
+    runtime, ov32 = embed(default_model, config, photos, runtime="openvino", dtype="float32")
+    assert runtime.runtime.name == "openvino"
+    assert np.abs(ov32 - reference).max() <= 1e-4
+    for name in ("torch", "openvino"):
+        _, bf16 = embed(default_model, config, photos, runtime=name, dtype="bfloat16")
+        assert (bf16 * reference).sum(axis=1).min() >= 0.9995, name
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_each_runtime_is_deterministic_across_batches(default_model, sample_photos, runtime):
+    photos = sample_photos[:5]
+    _, a = embed(default_model, EmbeddingConfig(), photos, runtime=runtime, batch_size=8)
+    for batch_size in (1, 2):
+        _, b = embed(default_model, EmbeddingConfig(), photos[::-1], runtime=runtime, batch_size=batch_size)
+        assert np.abs(a - b[::-1]).max() <= 1e-5, batch_size
+
+
+def test_traced_graphs_are_cached_and_reused(tmp_path, sample_photos, monkeypatch):
+    import openvino
+
+    photos = sample_photos[:3]
+    _, first = embed(load_model("default"), EmbeddingConfig(), photos, runtime="openvino", cache_dir=str(tmp_path))
+    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 2  # the encoder and the U-Net
+
+    def no_tracing(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("traced again although the graph is cached")
+
+    monkeypatch.setattr(openvino, "convert_model", no_tracing)
+    _, again = embed(load_model("default"), EmbeddingConfig(), photos, runtime="openvino", cache_dir=str(tmp_path))
+    np.testing.assert_array_equal(first, again)
+
+
+def test_an_unwritable_cache_only_costs_time(tmp_path, sample_photos, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    with caplog.at_level(logging.WARNING):
+        _, vectors = embed(load_model("default"), EmbeddingConfig(), sample_photos[:2], runtime="openvino", cache_dir=str(blocker))
+    assert vectors.shape[0] == 2 and "cannot cache compiled model graphs" in caplog.text
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sigaltstack through libc")
+def test_openvino_leaves_the_callers_signal_stack_alone(sample_photos):
+    """OpenVINO's CPU plugin swaps the alternate signal stack of a thread that compiles or infers,
+    and a signal delivered there later (SIGCHLD, say) crashed the process: it runs on its own thread."""
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    def current() -> tuple:
+        stack = Stack()
+        assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+        return stack.sp, stack.flags, stack.size
+
+    before = current()
+    embed(load_model("default"), EmbeddingConfig(), sample_photos[:2], runtime="openvino")
+    assert current() == before
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(1))
+    try:
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+        subprocess.run([sys.executable, "-c", "pass"], check=True)  # and a SIGCHLD
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert received == [1]
