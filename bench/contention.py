@@ -11,7 +11,6 @@ prints it) and its fraction of the solo run; a fair share of 2 cores beside one 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import socket

@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
-from indexer.embedding.embedder import Embedder, normalise  # noqa: E402
+from indexer.embedding.embedder import Embedder  # noqa: E402
 from indexer.training.evaluation import LabelledSet, encode_set  # noqa: E402
 from indexer.images import crop_for_embedding, load_image, to_tensor  # noqa: E402
 from indexer.embedding.model import DiffusionModel, load_model  # noqa: E402

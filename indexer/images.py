@@ -9,7 +9,6 @@ import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import IO, Union
 
 import numpy as np
