@@ -111,7 +111,10 @@ class Embedder:
         name = pick_runtime(self.options.runtime, self.model, self.device)
         if name == "openvino":
             cache = Path(self.options.cache_dir) if self.options.cache_dir else None
-            return OpenVinoRuntime(self.model, self.config.blocks, self.dtype, threads, cache)
+            # OpenVINO has no bf16 emulation: without native bf16 (or below a oneDNN ISA cap) its
+            # bf16 kernels fail to build, so a forced bf16 runs as fp32 there.
+            dtype = self.dtype if self.dtype != "bfloat16" or cpu_has_native_bf16() else "float32"
+            return OpenVinoRuntime(self.model, self.config.blocks, dtype, threads, cache)
         return TorchRuntime(self.model, self.config.blocks, self.dtype, self.device)
 
     def _find_projection(self) -> Projection | None:
