@@ -210,8 +210,9 @@ class OpenVinoRuntime:
                     saved = Path(scratch) / xml.name
                     ov.save_model(traced, str(saved), compress_to_fp16=False)
                 xml = saved
-            if xml.parent == self._cache:
-                properties["CACHE_DIR"] = str(self._cache / "compiled")  # compiled kernels too
+            # OpenVINO's own compiled-kernel cache (CACHE_DIR) is not used: compiling from the saved
+            # graph takes ~0.5 s, and a process killed while writing a kernel blob could leave a
+            # broken one behind for the next (our graph files are written atomically).
             # Always the graph as read back from disk: a freshly traced one compiles to slightly
             # different bf16 kernels (0.017 on the latent, measured), and vectors must not depend on
             # whether the cache was warm.
