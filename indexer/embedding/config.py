@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from indexer.errors import ConfigError
 
@@ -20,6 +20,8 @@ Dtype = Literal["auto", "float32", "bfloat16"]
 # fingerprints are reproduced with it (see `fingerprint(legacy_dtype=...)`).
 LEGACY_DTYPES = ("bfloat16", "float32")
 Device = Literal["auto", "cpu", "cuda", "mps"]
+RuntimeName = Literal["auto", "torch", "openvino"]  # what runs the model (indexer.embedding.runtimes)
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 
 # Names of the feature sources a config can pool. "latent" is the encoded image itself (no
 # U-Net); the rest are U-Net blocks, indexed from the input side.
@@ -153,16 +155,16 @@ class RuntimeOptions:
     threads: int = 0  # compute threads; 0: every core this process may use (indexer.threads)
     # What runs the forward passes: "auto" is OpenVINO on a CPU for the bundled kind of model (~2x
     # faster, same vectors to float noise), torch elsewhere; "torch" or "openvino" to choose.
-    runtime: str = "auto"
-    cache_dir: str = ""  # where compiled model graphs are kept; "": $XDG_CACHE_HOME/diffsearch
+    runtime: RuntimeName = "auto"
+    cache_dir: str = ""  # where traced model graphs are kept; "": $XDG_CACHE_HOME/diffsearch
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
-        if self.runtime not in ("auto", "torch", "openvino"):
-            raise ConfigError(f"runtime must be 'auto', 'torch' or 'openvino', got {self.runtime!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:

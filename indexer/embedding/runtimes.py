@@ -5,8 +5,8 @@ Both runtimes offer one interface, so the Embedder does not care which one compu
 
 OpenVINO (`runtime="auto"` on a CPU, for the bundled kind of model) traces the TAEF2 encoder and
 the U-Net once, saves the graphs in a cache folder and compiles them for this CPU's instructions:
-bench/results/embed.md measured the encoder 2.5x faster in bf16 than torch's autocast, and a lone
-query's U-Net pass 3x faster. Its kernels give bit-identical rows whatever the batch size (tested),
+bench/results/embed.md measured the encoder 2x faster in bf16 than torch's autocast, and a lone
+photo embedded in 40 ms instead of 189. Its kernels give bit-identical rows whatever the batch size (tested),
 and its bf16 vectors agree with torch's to float noise, so the runtime, like the dtype, is a speed
 option and not part of an index's fingerprint.
 """
@@ -30,21 +30,21 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from indexer.embedding.config import LATENT, PREDICTED_X0
+from indexer.embedding.config import LATENT, PREDICTED_X0, RUNTIMES
 from indexer.embedding.features import capture
 from indexer.embedding.model import DiffusionModel
 from indexer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "openvino")
 # Bump when the traced graphs change shape or meaning: old cached graphs are then ignored.
 GRAPH_VERSION = 1
 
 
 class Runtime(Protocol):
     name: str
-    batch_invariant: bool  # rows never depend on the batch they were computed in
+    batch_invariant: bool  # U-Net rows never depend on the batch they were computed in
+    encoder_batch_invariant: bool  # nor do the encoder's
 
     def session(self) -> Any: ...  # a context manager around one batch's passes
 
