@@ -56,3 +56,14 @@ def test_supcon_loss_prefers_views_together() -> None:
 def test_head_needs_two_views() -> None:
     with pytest.raises(ValueError, match="two views"):
         fit_contrastive_projection(np.zeros((10, 1, 4), np.float32), key="k")
+
+
+def test_kept_whitening_sits_beside_the_learned_part() -> None:
+    views = edited_views(300, 2, seed=2)
+    head = fit_contrastive_projection(views, key="k", cfg=HeadConfig(dim=8, keep_whitening=4, steps=20, batch=64))
+    assert head.dim == 12
+    whitening = fit_projection(views[:, 0], key="k", dim=4).matrix
+    ratio = head.matrix[:, :4] / whitening  # the kept part is the whitening, rescaled as one block
+    assert np.allclose(ratio, ratio.flat[0], rtol=1e-4)
+    lengths = [np.median(np.linalg.norm((views[:, 0] - head.mean) @ part, axis=1)) for part in np.split(head.matrix, [4], axis=1)]
+    assert np.allclose(lengths, 1.0, rtol=1e-3)

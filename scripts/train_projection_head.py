@@ -1,0 +1,54 @@
+"""Train a model's contrastive projection head and save it as the projection for an embedding config.
+
+    python scripts/train_projection_head.py --model data/models/default [--photos runs/ssl/photos.txt]
+
+The photos (default: the list scripts/train_default_model.py trains the U-Net on, which holds out
+every evaluated class) are encoded once with 2 edited views each (indexer.training.views, cached
+under runs/cache), the U-Net runs frozen over every view as search runs it (DDIM inversion, block
+capture, pooling), and indexer.training.head learns the linear map on top. It is written to
+`MODEL/projections/<fingerprint of the config with projection off>.safetensors`, where the Embedder
+finds it, replacing the PCA-whitening stored there for that config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from indexer.embedding.config import EmbeddingConfig  # noqa: E402
+from indexer.embedding.model import MANIFEST, load_model  # noqa: E402
+from indexer.training.head import HeadConfig, fit_contrastive_projection, view_features  # noqa: E402
+from indexer.training.latents import encode_views  # noqa: E402
+from indexer.training.run import TAEF2_DIR  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--photos", type=Path, default=ROOT / "runs" / "ssl" / "photos.txt", help="one path per line")
+    parser.add_argument("--config", default="{}", help="embedding settings as JSON over the defaults")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--keep-whitening", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--views", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = EmbeddingConfig.from_dict(json.loads(args.config)).replace(projection=False)
+    photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
+    views, _ = encode_views(photos, TAEF2_DIR, config.image_size, args.views, ROOT / "runs" / "cache")
+    manifest = json.loads((args.model / MANIFEST).read_text())
+    model = load_model(str(args.model))
+    features = view_features(model, config, views, manifest["latent_mean"], manifest["latent_std"])
+    head = fit_contrastive_projection(features, key=config.fingerprint(model.fingerprint),
+                                      cfg=HeadConfig(dim=args.dim, keep_whitening=args.keep_whitening, steps=args.steps))  # fmt: skip
+    print(f"projection head for {config.to_dict()}: {head.save(args.model)}")
+
+
+if __name__ == "__main__":
+    main()
