@@ -33,7 +33,7 @@ from indexer.embedding.embedder import Embedder, normalise  # noqa: E402
 from indexer.embedding.model import MANIFEST, load_model, resolve_model_path  # noqa: E402
 from indexer.embedding.projection import Projection, fit_projection  # noqa: E402
 from indexer.training.evaluation import LabelledSet, encode_set, retrieval_metrics  # noqa: E402
-from indexer.training.head import HeadConfig, fit_contrastive_projection, view_features  # noqa: E402
+from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
@@ -57,19 +57,11 @@ def main() -> None:
     picked = np.sort(np.random.default_rng(0).choice(len(test.paths), 300, replace=False))  # near_duplicates' seed
     options = RuntimeOptions(device="cpu", batch_size=64)
     embedder = Embedder(config, options, model=model)
-    cache = CACHE / f"features-{config.fingerprint(model.fingerprint)}.npz"
-    if cache.is_file():
-        saved = np.load(cache)
-        train, gallery, queries = saved["train"], saved["gallery"], saved["queries"]
-    else:
-        photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
-        views, _ = encode_views(photos, TAEF2_DIR, config.image_size, 2, ROOT / "runs" / "cache")
-        train = view_features(model, config, views, manifest["latent_mean"], manifest["latent_std"], options=options)
-        gallery = embedder.pooled_features(encode_set(model, test.paths, config.image_size, ROOT / "runs" / "eval-cache").x0)
-        queries = embedder.pooled_features(encode_queries(model, [test.paths[i] for i in picked], 0))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, train=train.astype(np.float16), gallery=gallery, queries=queries)
-    train = train.astype(np.float32)
+    photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
+    views, _ = encode_views(photos, TAEF2_DIR, config.image_size, 2, ROOT / "runs" / "cache")
+    train = cached_view_features(model, config, views, manifest["latent_mean"], manifest["latent_std"], CACHE)
+    gallery = embedder.pooled_features(encode_set(model, test.paths, config.image_size, ROOT / "runs" / "eval-cache").x0)
+    queries = embedder.pooled_features(encode_queries(model, [test.paths[i] for i in picked], 0))
     rows: dict[str, Projection | None] = {}
     bundled = Embedder(config.replace(projection=True), options, model=model).projection
     if bundled is not None:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from indexer.embedding.config import EmbeddingConfig  # noqa: E402
 from indexer.embedding.model import MANIFEST, load_model  # noqa: E402
-from indexer.training.head import HeadConfig, fit_contrastive_projection, view_features  # noqa: E402
+from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR  # noqa: E402
 
@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--config", default="{}", help="embedding settings as JSON over the defaults")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--keep-whitening", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--learned-weight", type=float, default=0.7, help="the learned part's say against the kept whitening's")
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--views", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -44,9 +45,9 @@ def main() -> None:
     views, _ = encode_views(photos, TAEF2_DIR, config.image_size, args.views, ROOT / "runs" / "cache")
     manifest = json.loads((args.model / MANIFEST).read_text())
     model = load_model(str(args.model))
-    features = view_features(model, config, views, manifest["latent_mean"], manifest["latent_std"])
+    features = cached_view_features(model, config, views, manifest["latent_mean"], manifest["latent_std"], ROOT / "runs" / "head")
     head = fit_contrastive_projection(features, key=config.fingerprint(model.fingerprint),
-                                      cfg=HeadConfig(dim=args.dim, keep_whitening=args.keep_whitening, steps=args.steps))  # fmt: skip
+                                      cfg=HeadConfig(dim=args.dim, keep_whitening=args.keep_whitening, learned_weight=args.learned_weight, steps=args.steps))  # fmt: skip
     print(f"projection head for {config.to_dict()}: {head.save(args.model)}")
 
 

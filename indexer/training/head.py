@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,8 @@ class HeadConfig:
     # invariance alone costs class-level retrieval (Caltech test P@10 0.522 -> 0.478, measured); the
     # kept whitening holds it (0.512) while near-duplicate recall@1 still rises (0.926 -> 0.951).
     keep_whitening: int = 0
-    steps: int = 3000
+    learned_weight: float = 1.0  # the learned part's length against the kept whitening's (both ~1 before)
+    steps: int = 1000
     batch: int = 512  # photos per step (all their views)
     temperature: float = 0.1
     lr: float = 1e-3
@@ -66,6 +68,22 @@ def view_features(
         out[start : start + chunk] = feats.reshape(-1, v, feats.shape[1])
     assert out is not None
     return out
+
+
+def cached_view_features(
+    model: DiffusionModel, config: EmbeddingConfig, views: npt.NDArray[np.float16],
+    latent_mean: Sequence[float], latent_std: Sequence[float], cache_dir: Path,
+) -> npt.NDArray[np.float32]:
+    """`view_features`, kept in `cache_dir` under the config's and model's fingerprint and the views' shape."""
+    key = f"{config.replace(projection=False).fingerprint(model.fingerprint)}-{'x'.join(map(str, views.shape[:2]))}"
+    cache = Path(cache_dir) / f"view-features-{key}.npy"
+    if cache.is_file():
+        return np.load(cache).astype(np.float32)
+    features = view_features(model, config, views, latent_mean, latent_std)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache.with_suffix(".tmp.npy"), features.astype(np.float16))
+    cache.with_suffix(".tmp.npy").rename(cache)
+    return features
 
 
 def supcon_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -111,5 +129,5 @@ def fit_contrastive_projection(features: npt.NDArray[np.float32], key: str, cfg:
         # Equal say for the two parts: each scaled so a typical photo's projection has unit length.
         sample = torch.from_numpy(np.asarray(features[: min(n, 2000), 0], dtype=np.float32)) - mean
         scale = lambda m: float(np.median(np.linalg.norm(sample.numpy() @ m, axis=1)))  # noqa: E731
-        learned = np.concatenate([kept / scale(kept), learned / scale(learned)], axis=1)
+        learned = np.concatenate([kept / scale(kept), cfg.learned_weight * learned / scale(learned)], axis=1)
     return Projection(key=key, mean=start.mean, matrix=np.ascontiguousarray(learned, np.float32))
