@@ -50,7 +50,7 @@ def query(
 
 @app.command()
 def dedup(
-    threshold: Annotated[float, typer.Option(help="Euclidean distance under which two photos are duplicates (0.36: more edited copies, ~5% false pairs)")] = 0.25,
+    threshold: Annotated[float, typer.Option(help="Euclidean distance under which two photos are duplicates (0.28: more edited copies, ~5% false pairs)")] = 0.25,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     as_json: JsonOpt = False,
