@@ -192,7 +192,9 @@ class OpenVinoRuntime:
 
     def _compiled(self, graph: str, build: Any, example: tuple[torch.Tensor, ...], shapes: list[list[int]]) -> Any:
         """The compiled graph, from the model's memo, the cache folder, or traced now (and cached)."""
-        key = f"{graph}/{self._properties['INFERENCE_PRECISION_HINT']}/{self._properties['INFERENCE_NUM_THREADS']}"
+        # The fingerprint is in the key: a model made from another by dataclasses.replace (a U-Net
+        # swapped in) shares its memo dict, and must not get the other's graphs.
+        key = f"{self.model.fingerprint}/{graph}/{self._properties['INFERENCE_PRECISION_HINT']}/{self._properties['INFERENCE_NUM_THREADS']}"
         if key in self.model.compiled:
             return self.model.compiled[key]
         ov = self._ov

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -224,7 +225,10 @@ def random_unet_model(trained: DiffusionModel) -> DiffusionModel:
     torch.manual_seed(0)
     cfg = TrainConfig(block_out_channels=tuple(trained.unet.config.block_out_channels))
     unet = build_unet(cfg).eval().requires_grad_(False)
-    return dataclasses.replace(trained, unet=unet, fingerprint="random-init", projections={}, modules=[unet])
+    # Its own fingerprint (weights differ per architecture) and its own compiled-graph memo: runtimes
+    # cache graphs by fingerprint, and must never serve the trained U-Net's graph for this one.
+    fingerprint = "random-init-" + hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=list).encode()).hexdigest()[:12]
+    return dataclasses.replace(trained, unet=unet, fingerprint=fingerprint, projections={}, modules=[unet], compiled={})
 
 
 def ablation(chosen: EmbeddingConfig, trained: DiffusionModel, with_256: bool, stage_one: DiffusionModel | None = None) -> list[Variant]:

@@ -69,3 +69,26 @@ def test_eval_cli_on_a_labelled_tree(tmp_path, sample_photos):
     assert again.returncode == 0 and "encoding 64 photos" not in again.stderr, again.stderr[-500:]
     empty = evaluate(str(tmp_path / "cache"), ROOT)
     assert empty.returncode == 2 and "no photos under" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_random_unet_row_never_shares_the_trained_models_compiled_graphs(default_model, sample_photos, tmp_path):
+    """A random-init model made from the trained one must not be served the trained one's OpenVINO
+    graphs, nor serve its own to it (they once shared the memo and the bench's rows came out equal)."""
+    from indexer.embedding.config import RuntimeOptions
+    from indexer.embedding.embedder import Embedder
+    from indexer.embedding.model import load_model
+    from indexer.training.evaluation import random_unet_model
+
+    trained = load_model("default")  # its own memo, not the session fixture's
+    options = RuntimeOptions(device="cpu", runtime="openvino", dtype="float32", cache_dir=str(tmp_path))
+    photos = sample_photos[:4]
+    before = Embedder(EmbeddingConfig(projection=False), options, model=trained).embed(photos)
+    random = random_unet_model(trained)
+    assert random.fingerprint != trained.fingerprint and random.compiled is not trained.compiled
+    random_vectors = Embedder(EmbeddingConfig(projection=False), options, model=random).embed(photos)
+    torch_random = Embedder(EmbeddingConfig(projection=False), RuntimeOptions(device="cpu", runtime="torch", dtype="float32"), model=random)
+    assert np.abs(random_vectors - torch_random.embed(photos)).max() < 1e-3  # its own weights ran
+    after = Embedder(EmbeddingConfig(projection=False), options, model=trained).embed(photos)
+    assert np.abs(after - before).max() < 1e-5
+    assert np.abs(random_vectors - before).max() > 0.1
+    assert random_unet_model(trained).fingerprint == random.fingerprint  # seeded: the same weights again
