@@ -19,16 +19,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from bench.generalisation import tiny_val  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder, normalise  # noqa: E402
 from indexer.embedding.model import MANIFEST, load_model, resolve_model_path  # noqa: E402
-from indexer.embedding.projection import FOLDER, fit_projection  # noqa: E402
+from indexer.embedding.projection import FOLDER, Projection, fit_projection  # noqa: E402
 from indexer.training.evaluation import encode_set, retrieval_metrics  # noqa: E402
+from indexer.training.head import view_features  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR  # noqa: E402
 from scripts.train_default_model import tiny_wnids  # noqa: E402
@@ -47,11 +46,9 @@ def main() -> None:
     files = args.projections or [ROOT / "data" / "models" / "default" / FOLDER / f"{features.config.fingerprint(model.fingerprint)}.safetensors"]
     photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
     views, _ = encode_views(photos, TAEF2_DIR, 128, 2, ROOT / "runs" / "cache")
-    clean = np.asarray(views[::8, 0], dtype=np.float32)
     manifest = json.loads((resolve_model_path("default") / MANIFEST).read_text())  # raw latent -> x0
-    shift = torch.tensor(manifest["latent_mean"]).view(1, -1, 1, 1)
-    scale = torch.tensor(manifest["latent_std"]).view(1, -1, 1, 1)
-    whitening = fit_projection(latent.pooled_features((torch.from_numpy(clean) - shift) / scale), key="latent")
+    clean = view_features(model, latent.config, views[::8, :1], manifest["latent_mean"], manifest["latent_std"], options=options)
+    whitening = fit_projection(clean[:, 0], key="latent")
     trained, held = tiny_wnids(args.tiny)
     print("| set | row | P@1 | P@10 | R@10 | mAP |\n|---|---|---|---|---|---|")
     for name, labelled in (("unseen: 40 held-out classes x 50", tiny_val(args.tiny, held, 50)),
@@ -61,7 +58,8 @@ def main() -> None:
         rows = {"TAEF2 latent only": normalise(raw_latent), "TAEF2 latent only, whitened": normalise(whitening.apply(raw_latent))}
         for file in files:
             tensors = load_file(str(file))
-            rows[f"default U-Net, {file.parent.parent.name}/{file.name}" if file.parent.name == FOLDER else f"default U-Net, {file}"] = normalise((raw - tensors["mean"]) @ tensors["matrix"])
+            projection = Projection(key=file.stem, mean=tensors["mean"], matrix=tensors["matrix"])
+            rows[f"default U-Net, {file.parent.parent.name}/{file.name}" if file.parent.name == FOLDER else f"default U-Net, {file}"] = normalise(projection.apply(raw))
         for row, vectors in rows.items():
             m = retrieval_metrics(vectors, labelled.labels)
             print(f"| {name} | {row} | {m['P@1']:.3f} | {m['P@10']:.3f} | {m['R@10']:.3f} | {m['mAP']:.3f} |")

@@ -127,7 +127,7 @@ def fit_contrastive_projection(features: npt.NDArray[np.float32], key: str, cfg:
     if cfg.keep_whitening:
         kept = fit_projection(features[:, 0], key=key, dim=cfg.keep_whitening, shrinkage=cfg.shrinkage).matrix
         # Equal say for the two parts: each scaled so a typical photo's projection has unit length.
-        sample = torch.from_numpy(np.asarray(features[: min(n, 2000), 0], dtype=np.float32)) - mean
-        scale = lambda m: float(np.median(np.linalg.norm(sample.numpy() @ m, axis=1)))  # noqa: E731
+        sample = np.asarray(features[: min(n, 2000), 0], dtype=np.float32) - start.mean
+        scale = lambda m: float(np.median(np.linalg.norm(sample @ m, axis=1)))  # noqa: E731
         learned = np.concatenate([kept / scale(kept), cfg.learned_weight * learned / scale(learned)], axis=1)
     return Projection(key=key, mean=start.mean, matrix=np.ascontiguousarray(learned, np.float32))
