@@ -70,6 +70,11 @@ def training_photos(tiny: Path, per_class: int) -> list[Path]:
     return unique_files(photos)
 
 
+def photo_class(path: Path) -> str:
+    """The class a training photo's folder names: Tiny ImageNet's train/<wnid>/images/, Caltech's <class>/."""
+    return path.parent.parent.name if path.parent.name == "images" else path.parent.name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", type=Path, required=True, help="the tiny-imagenet-200 folder")
@@ -78,6 +83,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--ssl-weight", type=float, default=0.5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--class-weight", type=float, default=0.0,
+                        help="hybrid stage: add the class loss on each photo's folder (Tiny ImageNet wnid or Caltech class; held-out classes are not in the list)")
+    parser.add_argument("--init", type=Path, help="start a new run from this checkpoint's EMA weights (e.g. runs/ssl/checkpoint.pt)")
+    parser.add_argument("--photos", type=Path, help="the photo list (default: RUN/photos.txt, made on first use)")
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "ssl")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ssl-model")
     parser.add_argument("--encode-only", action="store_true")
@@ -86,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.run.mkdir(parents=True, exist_ok=True)
-    list_file = args.run / "photos.txt"
+    list_file = args.photos or args.run / "photos.txt"
     if not list_file.is_file():
         list_file.write_text("\n".join(map(str, training_photos(args.tiny, args.per_class))) + "\n")
     photos = [Path(p) for p in list_file.read_text().split("\n") if p]
@@ -98,9 +108,16 @@ def main() -> None:
     mean, std = latent_statistics(clean)
     normed = np.stack([normalise_latents(np.asarray(views[:, v]), mean, std) for v in range(views.shape[1])], axis=1)
     (args.run / "stats.json").write_text(json.dumps({"latent_mean": mean, "latent_std": std, "photos": int(kept.sum())}))
-    cfg = TrainConfig(max_minutes=args.minutes, max_steps=args.steps, batch_size=32, ssl_weight=args.ssl_weight, checkpoint_every=100)
     flat = normed.reshape(-1, *normed.shape[2:])  # every view is a training image for the diffusion loss
-    train(flat, cfg, args.run, resume=True, views=normed)
+    labels, classes = None, 0
+    if args.class_weight > 0:
+        names = [photo_class(p) for p, ok in zip(photos, kept) if ok]
+        vocabulary = sorted(set(names))
+        labels, classes = np.repeat([vocabulary.index(n) for n in names], normed.shape[1]), len(vocabulary)
+        logging.info("hybrid stage: %d classes, class weight %g", classes, args.class_weight)
+    cfg = TrainConfig(max_minutes=args.minutes, max_steps=args.steps, batch_size=args.batch, ssl_weight=args.ssl_weight,
+                      class_weight=args.class_weight, num_classes=classes, checkpoint_every=100)  # fmt: skip
+    train(flat, cfg, args.run, resume=True, views=normed, labels=labels, init_from=args.init)
     export_checkpoint(args.run, args.out)
     (args.run / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=list))
     print(f"exported {args.out}")
