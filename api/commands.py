@@ -50,25 +50,29 @@ def query(
 
 @app.command()
 def dedup(
-    threshold: Annotated[float, typer.Option(help="Euclidean distance under which two photos are duplicates (0.28: more edited copies, ~5% false pairs)")] = 0.25,
+    threshold: Annotated[Optional[float], typer.Option(help="Euclidean distance under which two photos are always duplicates (default 0.20)")] = None,
+    gap: Annotated[Optional[float], typer.Option(help="also a photo's nearest photos before a jump d_j <= gap * d_(j+1), for heavier edits; 0: the threshold alone (default 0.65)")] = None,
+    cap: Annotated[Optional[float], typer.Option(help="the gap test never links photos further apart than this (default 0.50)")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate photos in the index."""
-    from searcher.dedup import find_duplicates
+    from searcher.dedup import DedupRule, find_duplicates
     from searcher.searcher import Searcher
 
     settings = load_settings(index_dir=index_dir, database=database)
     try:
-        groups = find_duplicates(Searcher(settings.location, settings.runtime_options()), threshold)
+        given = {"threshold": threshold, "gap": gap, "cap": cap}
+        rule = DedupRule(**{name: value for name, value in given.items() if value is not None})
+        groups = find_duplicates(Searcher(settings.location, settings.runtime_options()), rule)
     except DiffsearchError as exc:
         fail(exc)
         return
     if as_json:
         _echo_list(groups)
         return
-    typer.echo(f"{len(groups)} group(s) under distance {threshold}")
+    typer.echo(f"{len(groups)} group(s): distance <= {rule.threshold}" + (f", or before a gap of {rule.gap} up to {rule.cap}" if rule.gap else ""))
     for n, group in enumerate(groups, 1):
         typer.echo(f"group {n} ({len(group.photos)} photos)")
         for photo in group.photos:

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from indexer.errors import ConfigError, IndexMismatchError, IndexNotFoundError, InvalidImageError
-from searcher.dedup import find_duplicates
+from searcher.dedup import DedupRule, find_duplicates
 from searcher.searcher import Searcher
 from tests.conftest import SAMPLES
 
@@ -94,7 +94,7 @@ def test_dedup_groups_exact_and_near_copies(tmp_path, embedder):
     Image.open(originals[1]).save(photos / "copy_recompressed.jpg", quality=85)
     settings = Settings.load(env={}, index_dir=tmp_path / "index", workers=0)
     index_photos([photos], settings, embedder=embedder)
-    groups = find_duplicates(Searcher(settings.index_dir, model=embedder.model), threshold=0.3)
+    groups = find_duplicates(Searcher(settings.index_dir, model=embedder.model), DedupRule(threshold=0.3, gap=0))
     names = [sorted(p.path.rsplit("/", 1)[-1] for p in g.photos) for g in groups]
     assert sorted(names) == sorted([sorted(["copy_exact.jpg", originals[0].name]),
                                     sorted(["copy_recompressed.jpg", originals[1].name])])  # fmt: skip

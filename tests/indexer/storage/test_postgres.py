@@ -40,7 +40,7 @@ def test_samples_give_the_same_vectors_and_top10_as_faiss(pg_url, tmp_path, sear
             assert hit.path in by_path and abs(hit.distance - by_path[hit.path].distance) < 1e-5
         only = str(SAMPLES / sample_photos[5].name)
         assert [h.path for h in pg.query(sample_photos[5], k=3, path_prefix=only)] == [only]
-        assert len(find_duplicates(pg, threshold=0.25)) == len(find_duplicates(searcher, threshold=0.25))
+        assert len(find_duplicates(pg)) == len(find_duplicates(searcher))
     finally:
         pg.close()
 

@@ -1,0 +1,18 @@
+from typer.testing import CliRunner
+
+import api.commands  # noqa: F401 - registers the commands on the app
+from api.options import app
+from searcher.dedup import DedupRule
+
+
+def test_the_dedup_help_states_the_rules_defaults():
+    result = CliRunner().invoke(app, ["dedup", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rule = DedupRule()
+    for value in (rule.threshold, rule.gap, rule.cap):
+        assert f"(default {value:.2f})" in result.output
+
+
+def test_a_bad_rule_is_a_clear_error_not_a_traceback(tmp_path):
+    result = CliRunner().invoke(app, ["dedup", "--gap", "1.5", "--index", str(tmp_path / "none")])
+    assert result.exit_code != 0 and "Traceback" not in result.output

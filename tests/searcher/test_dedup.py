@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from indexer.errors import ConfigError
+from indexer.training.views import EDITS
+from searcher.dedup import DedupRule, duplicate_groups, find_duplicates
+from searcher.searcher import Searcher
+
+
+def background(n=17, start=0.8):
+    return list(np.linspace(start, start + 0.1, n))
+
+
+def test_the_threshold_alone_decides_when_the_gap_test_is_off():
+    rule = DedupRule(threshold=0.25, gap=0)
+    assert rule.duplicates([0.1, 0.2, 0.3, *background()]) == 2
+    assert rule.duplicates([0.3, *background()]) == 0
+
+
+def test_a_copy_far_closer_than_the_rest_is_a_duplicate_beyond_the_threshold():
+    rule = DedupRule(threshold=0.2, gap=0.65, cap=0.5, neighbours=16)
+    assert rule.duplicates([0.4, *background()[:16]]) == 1  # 0.4 <= 0.65 * 0.8
+    assert rule.duplicates([0.4, 0.45, 0.48, *background()[:14]]) == 3  # a group: the jump after the last copy counts
+    assert rule.duplicates(np.linspace(0.4, 0.6, 17)) == 0  # a crowd without a jump: no duplicates
+    assert rule.duplicates([0.55, *background()[:16]]) == 0  # beyond the cap, however lonely
+    assert rule.duplicates([0.4, 0.8]) == 0  # too few photos to know what "far" is: the threshold alone
+
+
+def test_bad_rules_are_refused():
+    for bad in ({"threshold": 0}, {"gap": 1.0}, {"gap": -0.1}, {"cap": 0}, {"neighbours": 0}):
+        with pytest.raises(ConfigError):
+            DedupRule(**bad)
+
+
+def test_groups_are_connected_components_of_the_links():
+    # rows 0-1 are close, 1-2 are close, 3 is alone; each row lists the others nearest first
+    d = np.array([[0.1, 0.9, 0.95], [0.1, 0.15, 0.9], [0.15, 0.9, 0.95], [0.9, 0.95, 0.95]])
+    ids = np.array([[1, 2, 3], [0, 2, 3], [1, 0, 3], [0, 1, 2]])
+    assert sorted(map(sorted, duplicate_groups(ids, d, DedupRule(threshold=0.2, gap=0)))) == [[0, 1, 2]]
+    short = np.array([[1, -1], [0, -1], [-1, -1]])  # -1 pads short rows: never a link, whatever its distance
+    assert duplicate_groups(short, np.array([[0.1, 0.0], [0.1, 0.0], [0.0, 0.0]]), DedupRule(gap=0)) == [[0, 1]]
+
+
+def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp_path, embedder, sample_photos):
+    from PIL import Image
+
+    from indexer.indexing import index_photos
+    from indexer.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sample_photos:
+        (photos / p.name).write_bytes(p.read_bytes())
+    leopard, airplane = (next(p for p in sample_photos if p.name == name) for name in ("Leopards_image_0007.jpg", "airplanes_image_0021.jpg"))
+    copies = {"leopard_gray.png": (leopard, "grayscale", 10), "airplane_tilted.png": (airplane, "rotate", 30)}  # 0.38, 0.28 away
+    for name, (source, edit, seed) in copies.items():
+        EDITS[edit](Image.open(source).convert("RGB"), np.random.default_rng(seed)).save(photos / name)
+    settings = Settings.load(env={}, index_dir=tmp_path / "index", workers=0)
+    index_photos([photos], settings, embedder=embedder)
+    searcher = Searcher(settings.index_dir, model=embedder.model)
+
+    def names(groups):
+        return sorted(sorted(p.path.rsplit("/", 1)[-1] for p in g.photos) for g in groups)
+
+    assert names(find_duplicates(searcher)) == [["Leopards_image_0007.jpg", "leopard_gray.png"],
+                                                ["airplane_tilted.png", "airplanes_image_0021.jpg"]]  # fmt: skip
+    assert names(find_duplicates(searcher, DedupRule(threshold=0.25, gap=0))) == []  # the rule before the gap test
+
