@@ -30,7 +30,7 @@ from bench.near_duplicates import calibrate, encode_queries, recall  # noqa: E40
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder, normalise  # noqa: E402
-from indexer.embedding.model import MANIFEST, load_model, resolve_model_path  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 from indexer.embedding.projection import Projection, fit_projection  # noqa: E402
 from indexer.training.evaluation import LabelledSet, encode_set, retrieval_metrics  # noqa: E402
 from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection  # noqa: E402
@@ -51,7 +51,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "projection-head.json")
     args = parser.parse_args()
     model = load_model(args.model)
-    manifest = json.loads((resolve_model_path(args.model) / MANIFEST).read_text())
     config = EmbeddingConfig(blocks=tuple(args.blocks), projection=False)
     test = LabelledSet.from_list(SPLITS / "test.txt", CALTECH)
     picked = np.sort(np.random.default_rng(0).choice(len(test.paths), 300, replace=False))  # near_duplicates' seed
@@ -59,7 +58,7 @@ def main() -> None:
     embedder = Embedder(config, options, model=model)
     photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
     views, _ = encode_views(photos, TAEF2_DIR, config.image_size, 2, ROOT / "runs" / "cache")
-    train = cached_view_features(model, config, views, manifest["latent_mean"], manifest["latent_std"], CACHE)
+    train = cached_view_features(model, config, views, CACHE)
     gallery = embedder.pooled_features(encode_set(model, test.paths, config.image_size, ROOT / "runs" / "eval-cache").x0)
     queries = embedder.pooled_features(encode_queries(model, [test.paths[i] for i in picked], 0))
     rows: dict[str, Projection | None] = {}

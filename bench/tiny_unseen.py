@@ -12,7 +12,6 @@ complement to bench/generalisation.py, which runs every baseline row.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from safetensors.numpy import load_file  # noqa: E402
 from bench.generalisation import tiny_val  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder, normalise  # noqa: E402
-from indexer.embedding.model import MANIFEST, load_model, resolve_model_path  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 from indexer.embedding.projection import FOLDER, Projection, fit_projection  # noqa: E402
 from indexer.training.evaluation import encode_set, retrieval_metrics  # noqa: E402
 from indexer.training.head import view_features  # noqa: E402
@@ -46,8 +45,7 @@ def main() -> None:
     files = args.projections or [ROOT / "data" / "models" / "default" / FOLDER / f"{features.config.fingerprint(model.fingerprint)}.safetensors"]
     photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
     views, _ = encode_views(photos, TAEF2_DIR, 128, 2, ROOT / "runs" / "cache")
-    manifest = json.loads((resolve_model_path("default") / MANIFEST).read_text())  # raw latent -> x0
-    clean = view_features(model, latent.config, views[::8, :1], manifest["latent_mean"], manifest["latent_std"], options=options)
+    clean = view_features(model, latent.config, views[::8, :1], options=options)
     whitening = fit_projection(clean[:, 0], key="latent")
     trained, held = tiny_wnids(args.tiny)
     print("| set | row | P@1 | P@10 | R@10 | mAP |\n|---|---|---|---|---|---|")

@@ -6,7 +6,6 @@ Latent statistics come from the bundled sample photos. Its model card says it is
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from indexer.embedding.config import EmbeddingConfig  # noqa: E402
-from indexer.embedding.model import MANIFEST, load_model  # noqa: E402
+from indexer.embedding.model import load_model  # noqa: E402
 from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR  # noqa: E402
@@ -43,9 +43,8 @@ def main() -> None:
     config = EmbeddingConfig.from_dict(json.loads(args.config)).replace(projection=False)
     photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
     views, _ = encode_views(photos, TAEF2_DIR, config.image_size, args.views, ROOT / "runs" / "cache")
-    manifest = json.loads((args.model / MANIFEST).read_text())
     model = load_model(str(args.model))
-    features = cached_view_features(model, config, views, manifest["latent_mean"], manifest["latent_std"], ROOT / "runs" / "head")
+    features = cached_view_features(model, config, views, ROOT / "runs" / "head")
     head = fit_contrastive_projection(features, key=config.fingerprint(model.fingerprint),
                                       cfg=HeadConfig(dim=args.dim, keep_whitening=args.keep_whitening, learned_weight=args.learned_weight, steps=args.steps))  # fmt: skip
     print(f"projection head for {config.to_dict()}: {head.save(args.model)}")

@@ -54,6 +54,9 @@ class DiffusionModel:
     fingerprint: str
     encoder_fingerprint: str  # the image -> x0 part alone (what cached latents depend on)
     conditioning: torch.Tensor | None = None  # (1, tokens, dim) for conditional U-Nets
+    # Latent models: the autoencoder's raw latent -> the U-Net's input space (encode's last step),
+    # for training tools that cache raw latents. None for pixel-space models.
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None = None
     # True where the encoder gives bit-identical rows at batch size 1 and above in bf16 (measured
     # for TAEF2); elsewhere a lone image is encoded as a pair (see Embedder._batched).
     encoder_batch_invariant: bool = False
@@ -179,9 +182,11 @@ def _load_latent_taef2(path: Path, name: str) -> DiffusionModel:
     # slower that way, so its input goes back to the default layout).
     encoder.to(memory_format=torch.channels_last)
 
+    def normalise(latent: torch.Tensor) -> torch.Tensor:
+        return (latent - shift.to(latent.device)) / scale.to(latent.device)
+
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        latent = encoder(pixels.contiguous(memory_format=torch.channels_last)).contiguous()
-        return (latent - shift.to(pixels.device)) / scale.to(pixels.device)
+        return normalise(encoder(pixels.contiguous(memory_format=torch.channels_last)).contiguous())
 
     unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False)
     return DiffusionModel(
@@ -190,6 +195,7 @@ def _load_latent_taef2(path: Path, name: str) -> DiffusionModel:
         unet=unet,
         scheduler_config=_scheduler_config(path),
         encode=encode,
+        normalise=normalise,
         downscale=taef2.DOWNSCALE,
         fingerprint=_fingerprint(path, json.dumps(manifest, sort_keys=True)),
         encoder_fingerprint=_fingerprint(ae_path, json.dumps([manifest["latent_mean"], manifest["latent_std"]])),

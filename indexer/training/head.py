@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedding.embedder import Embedder
 from indexer.embedding.model import DiffusionModel
 from indexer.embedding.projection import Projection, fit_projection
+from indexer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,18 @@ class HeadConfig:
 
 
 def view_features(
-    model: DiffusionModel, config: EmbeddingConfig, views: npt.NDArray[np.float16],
-    latent_mean: Sequence[float], latent_std: Sequence[float], chunk: int = 512, options: RuntimeOptions | None = None,
+    model: DiffusionModel, config: EmbeddingConfig, views: npt.NDArray[np.float16], chunk: int = 512,
+    options: RuntimeOptions | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Raw TAEF2 latents of views (n, V, C, h, w) -> pooled features (n, V, d), projection off.
-
-    `latent_mean`/`latent_std` are the model's (its diffsearch.json): what maps a raw latent to x0."""
+    """Raw autoencoder latents of views (n, V, C, h, w) -> pooled features (n, V, d), projection off."""
+    if model.normalise is None:
+        raise ConfigError(f"model {model.name!r} does not work on autoencoder latents")
     embedder = Embedder(config.replace(projection=False), options or RuntimeOptions(device="cpu", batch_size=64), model=model)
-    shift = torch.tensor(latent_mean, dtype=torch.float32).view(1, -1, 1, 1)
-    scale = torch.tensor(latent_std, dtype=torch.float32).view(1, -1, 1, 1)
     n, v = views.shape[:2]
     out: npt.NDArray[np.float32] | None = None
     for start in tqdm(range(0, n, chunk), desc="view features", unit="chunk"):
         raw = torch.from_numpy(np.asarray(views[start : start + chunk], dtype=np.float32)).flatten(0, 1)
-        x0 = (raw - shift) / scale
-        feats = embedder.pooled_features(x0)
+        feats = embedder.pooled_features(model.normalise(raw))
         if out is None:
             out = np.empty((n, v, feats.shape[1]), dtype=np.float32)
         out[start : start + chunk] = feats.reshape(-1, v, feats.shape[1])
@@ -71,15 +68,14 @@ def view_features(
 
 
 def cached_view_features(
-    model: DiffusionModel, config: EmbeddingConfig, views: npt.NDArray[np.float16],
-    latent_mean: Sequence[float], latent_std: Sequence[float], cache_dir: Path,
+    model: DiffusionModel, config: EmbeddingConfig, views: npt.NDArray[np.float16], cache_dir: Path,
 ) -> npt.NDArray[np.float32]:
     """`view_features`, kept in `cache_dir` under the config's and model's fingerprint and the views' shape."""
     key = f"{config.replace(projection=False).fingerprint(model.fingerprint)}-{'x'.join(map(str, views.shape[:2]))}"
     cache = Path(cache_dir) / f"view-features-{key}.npy"
     if cache.is_file():
         return np.load(cache).astype(np.float32)
-    features = view_features(model, config, views, latent_mean, latent_std)
+    features = view_features(model, config, views)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache.with_suffix(".tmp.npy"), features.astype(np.float16))
     cache.with_suffix(".tmp.npy").rename(cache)

@@ -2,14 +2,10 @@
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from api.app import create_app
 from indexer.settings import Settings

@@ -95,7 +95,6 @@ def test_heic_via_pillow_heif(tmp_path):
 
 def test_flat_borders_are_trimmed_and_photos_are_left_alone():
     from indexer.images import trim_border
-    from tests.conftest import make_photo
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
