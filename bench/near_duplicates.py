@@ -156,6 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--originals", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="default", help="the model measured as 'default' (a name or folder; e.g. a candidate before it ships)")
     parser.add_argument("--previous", type=Path, help="the last release's model folder, to compare with the shipped default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "near-duplicates.json")
     args = parser.parse_args()
@@ -164,7 +165,7 @@ def main() -> None:
     picked = np.sort(rng.choice(len(gallery), args.originals, replace=False))
     originals = np.repeat(picked, len(EDITS))
     edit_names = np.array(list(EDITS) * args.originals)
-    shipped = load_model("default")
+    shipped = load_model(args.model)
     gallery_x0 = encode_set(shipped, gallery, 128, CACHE).x0
     query_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed)
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -121,7 +121,10 @@ def fit_contrastive_projection(features: npt.NDArray[np.float32], key: str, cfg:
     log.info("projection head: final loss %.4f after %d steps", loss.item(), cfg.steps)
     learned = matrix.detach().numpy()
     if cfg.keep_whitening:
-        kept = fit_projection(features[:, 0], key=key, dim=cfg.keep_whitening, shrinkage=cfg.shrinkage).matrix
+        if cfg.keep_whitening == cfg.dim:  # the head's starting point itself (it was copied, not trained)
+            kept = start.matrix
+        else:  # the shrinkage term depends on dim, so another dim is another fit
+            kept = fit_projection(features[:, 0], key=key, dim=cfg.keep_whitening, shrinkage=cfg.shrinkage).matrix
         # Equal say for the two parts: each scaled so a typical photo's projection has unit length.
         sample = np.asarray(features[: min(n, 2000), 0], dtype=np.float32) - start.mean
         scale = lambda m: float(np.median(np.linalg.norm(sample @ m, axis=1)))  # noqa: E731
