@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", type=Path, required=True)
     parser.add_argument("--candidate", type=Path)
+    parser.add_argument("--candidate-name", default="new default", help="how the candidate's rows are named")
     parser.add_argument("--previous", default="default", help="the last release's model folder")
     parser.add_argument("--fit-list", type=Path, default=ROOT / "runs" / "ssl" / "photos.txt")
     parser.add_argument("--per-class", type=int, default=20, help="Tiny ImageNet val photos per seen class")
@@ -79,13 +80,17 @@ def main() -> None:
         Variant("last release's default, whitened here", released, previous, **whiten),
         Variant("last release's default, as indexed", released, previous, as_indexed=True),
     ]
+    if chosen.replace(projection=False).fingerprint(previous.fingerprint) in previous.projections:
+        variants.append(Variant("last release's default, today's settings, as indexed", chosen, previous, as_indexed=True))
     if args.candidate:
         candidate = load_model(str(args.candidate))
         random_row = variants[3]
         variants[3] = dataclasses.replace(random_row, model=random_unet_model(candidate))
-        variants.append(Variant("new default, whitened here", chosen, candidate, **whiten))
+        name = args.candidate_name
+        variants.append(Variant(f"{name}, whitened here", chosen, candidate, **whiten))
+        variants.append(Variant(f"{name}, latent + mid, whitened here", chosen.replace(blocks=("latent", "mid")), candidate, **whiten))
         if candidate.projections:
-            variants.append(Variant("new default, as indexed", chosen, candidate, as_indexed=True))
+            variants.append(Variant(f"{name}, as indexed", chosen, candidate, as_indexed=True))
     report = {}
     for name, labelled in sets.items():
         results = evaluate(variants, labelled, fit, ROOT / "runs" / "eval-cache")

@@ -12,6 +12,14 @@ No labels are used: the classes only decide what is held out.
 Steps, each cached or resumable under --run: lists -> TAEF2 latents of each photo and 2 edited views
 (indexer.training.views) -> training from scratch (diffusion MSE + NT-Xent on the views' pooled mid
 block at t <= 100) with checkpoints -> export to --out.
+
+A hybrid stage continues such a run with a class loss on each photo's folder (240 classes: the 160
+Tiny ImageNet wnids and 80 Caltech classes; the held-out ones are not in the list, so they stay
+unseen):
+
+    python scripts/train_default_model.py --tiny DATA/tiny-imagenet-200 --photos runs/ssl/photos.txt \
+        --run runs/hybrid --out runs/hybrid-model --init runs/ssl/checkpoint.pt \
+        --class-weight 0.3 --ssl-weight 0 --batch 64 --steps 4000 --minutes 75
 """
 
 from __future__ import annotations
