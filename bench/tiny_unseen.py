@@ -18,7 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safetensors.numpy import load_file  # noqa: E402
 
 from bench.generalisation import tiny_val  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
@@ -47,6 +46,8 @@ def main() -> None:
     views, _ = encode_views(photos, TAEF2_DIR, 128, 2, ROOT / "runs" / "cache")
     clean = view_features(model, latent.config, views[::8, :1], options=options)
     whitening = fit_projection(clean[:, 0], key="latent")
+    projections = {f"default U-Net, {file.parent.parent.name}/{file.name}" if file.parent.name == FOLDER else f"default U-Net, {file}": Projection.load(file)
+                   for file in files}  # fmt: skip
     trained, held = tiny_wnids(args.tiny)
     print("| set | row | P@1 | P@10 | R@10 | mAP |\n|---|---|---|---|---|---|")
     for name, labelled in (("unseen: 40 held-out classes x 50", tiny_val(args.tiny, held, 50)),
@@ -54,10 +55,8 @@ def main() -> None:
         x0 = encode_set(model, labelled.paths, 128, ROOT / "runs" / "eval-cache").x0
         raw_latent, raw = latent.pooled_features(x0), features.pooled_features(x0)
         rows = {"TAEF2 latent only": normalise(raw_latent), "TAEF2 latent only, whitened": normalise(whitening.apply(raw_latent))}
-        for file in files:
-            tensors = load_file(str(file))
-            projection = Projection(key=file.stem, mean=tensors["mean"], matrix=tensors["matrix"])
-            rows[f"default U-Net, {file.parent.parent.name}/{file.name}" if file.parent.name == FOLDER else f"default U-Net, {file}"] = normalise(projection.apply(raw))
+        for row, projection in projections.items():
+            rows[row] = normalise(projection.apply(raw))
         for row, vectors in rows.items():
             m = retrieval_metrics(vectors, labelled.labels)
             print(f"| {name} | {row} | {m['P@1']:.3f} | {m['P@10']:.3f} | {m['R@10']:.3f} | {m['mAP']:.3f} |")

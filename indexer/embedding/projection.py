@@ -42,6 +42,12 @@ class Projection:
     def apply(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return ((x - self.mean) @ self.matrix).astype(np.float32)
 
+    @classmethod
+    def load(cls, path: Path) -> Projection:
+        """One stored projection file; its key is the file's stem."""
+        tensors = load_file(str(path))
+        return cls(key=Path(path).stem, mean=tensors["mean"].numpy(), matrix=tensors["matrix"].numpy())
+
     def save(self, model_dir: Path) -> Path:
         folder = Path(model_dir) / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
@@ -76,9 +82,8 @@ def load_projections(model_dir: Path) -> dict[str, Projection]:
     """Every projection stored under `model_dir/projections/`, by key."""
     out: dict[str, Projection] = {}
     for path in sorted((Path(model_dir) / FOLDER).glob("*.safetensors")):
-        tensors = load_file(str(path))
-        key = path.stem
-        out[key] = Projection(key=key, mean=tensors["mean"].numpy(), matrix=tensors["matrix"].numpy())
+        projection = Projection.load(path)
+        out[projection.key] = projection
     if out:
         log.debug("loaded %d projection(s) from %s", len(out), model_dir)
     return out
