@@ -8,6 +8,11 @@ under runs/cache), the U-Net runs frozen over every view as search runs it (DDIM
 capture, pooling), and indexer.training.head learns the linear map on top. It is written to
 `MODEL/projections/<fingerprint of the config with projection off>.safetensors`, where the Embedder
 finds it, replacing the PCA-whitening stored there for that config.
+
+With `--class-dim N`, N class-discriminant (LDA) directions, fitted on the clean photos' folder
+classes (indexer.training.discriminant; held-out classes are not in the list), are stacked beside
+the head with `--class-weight` say. `--dim 0` skips the contrastive head (PCA-whitening to
+`--keep-whitening` dims instead).
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from indexer.embedding.config import EmbeddingConfig  # noqa: E402
 from indexer.embedding.model import load_model  # noqa: E402
-from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection  # noqa: E402
+from indexer.embedding.projection import fit_projection  # noqa: E402
+from indexer.training.discriminant import DiscriminantConfig, fit_discriminant_projection  # noqa: E402
+from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection, stack_projections  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR  # noqa: E402
+from scripts.train_default_model import photo_class  # noqa: E402
 
 
 def main() -> None:
@@ -33,20 +43,33 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--photos", type=Path, default=ROOT / "runs" / "ssl" / "photos.txt", help="one path per line")
     parser.add_argument("--config", default="{}", help="embedding settings as JSON over the defaults")
-    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=128, help="learned contrastive dims (0: none, PCA-whitening only)")
     parser.add_argument("--keep-whitening", type=int, default=128)
     parser.add_argument("--learned-weight", type=float, default=0.7, help="the learned part's say against the kept whitening's")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--class-dim", type=int, default=0, help="class-discriminant (LDA) dims stacked beside (0: none)")
+    parser.add_argument("--class-weight", type=float, default=1.0, help="the discriminant part's say against the rest's")
+    parser.add_argument("--class-whiten-dim", type=int, default=DiscriminantConfig.whiten_dim)
+    parser.add_argument("--class-reg", type=float, default=DiscriminantConfig.reg)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = EmbeddingConfig.from_dict(json.loads(args.config)).replace(projection=False)
     photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
-    views, _ = encode_views(photos, TAEF2_DIR, config.image_size, args.views, ROOT / "runs" / "cache")
+    views, kept = encode_views(photos, TAEF2_DIR, config.image_size, args.views, ROOT / "runs" / "cache")
     model = load_model(str(args.model))
     features = cached_view_features(model, config, views, ROOT / "runs" / "head")
-    head = fit_contrastive_projection(features, key=config.fingerprint(model.fingerprint),
-                                      cfg=HeadConfig(dim=args.dim, keep_whitening=args.keep_whitening, learned_weight=args.learned_weight, steps=args.steps))  # fmt: skip
+    key = config.fingerprint(model.fingerprint)
+    if args.dim:
+        head = fit_contrastive_projection(features, key=key,
+                                          cfg=HeadConfig(dim=args.dim, keep_whitening=args.keep_whitening, learned_weight=args.learned_weight, steps=args.steps))  # fmt: skip
+    else:
+        head = fit_projection(features[:, 0], key=key, dim=args.keep_whitening)
+    if args.class_dim:
+        labels = np.unique([photo_class(p) for p, ok in zip(photos, kept) if ok], return_inverse=True)[1]
+        lda = fit_discriminant_projection(features[:, 0], labels, key=key,
+                                          cfg=DiscriminantConfig(dim=args.class_dim, whiten_dim=args.class_whiten_dim, reg=args.class_reg))  # fmt: skip
+        head = stack_projections([(head, 1.0), (lda, args.class_weight)], features[:2000, 0], key=key)
     print(f"projection head for {config.to_dict()}: {head.save(args.model)}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +120,22 @@ def fit_contrastive_projection(features: npt.NDArray[np.float32], key: str, cfg:
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     log.info("projection head: final loss %.4f after %d steps", loss.item(), cfg.steps)
-    learned = matrix.detach().numpy()
-    if cfg.keep_whitening:
-        if cfg.keep_whitening == cfg.dim:  # the head's starting point itself (it was copied, not trained)
-            kept = start.matrix
-        else:  # the shrinkage term depends on dim, so another dim is another fit
-            kept = fit_projection(features[:, 0], key=key, dim=cfg.keep_whitening, shrinkage=cfg.shrinkage).matrix
-        # Equal say for the two parts: each scaled so a typical photo's projection has unit length.
-        sample = np.asarray(features[: min(n, 2000), 0], dtype=np.float32) - start.mean
-        scale = lambda m: float(np.median(np.linalg.norm(sample @ m, axis=1)))  # noqa: E731
-        learned = np.concatenate([kept / scale(kept), cfg.learned_weight * learned / scale(learned)], axis=1)
-    return Projection(key=key, mean=start.mean, matrix=np.ascontiguousarray(learned, np.float32))
+    learned = Projection(key=key, mean=start.mean, matrix=matrix.detach().numpy())
+    if not cfg.keep_whitening:
+        return learned
+    if cfg.keep_whitening == cfg.dim:  # the head's starting point itself (it was copied, not trained)
+        kept = start
+    else:  # the shrinkage term depends on dim, so another dim is another fit
+        kept = fit_projection(features[:, 0], key=key, dim=cfg.keep_whitening, shrinkage=cfg.shrinkage)
+    return stack_projections([(kept, 1.0), (learned, cfg.learned_weight)], features[: min(n, 2000), 0], key)
+
+
+def stack_projections(parts: Sequence[tuple[Projection, float]], sample: npt.NDArray[np.float32], key: str) -> Projection:
+    """Projections of the same features side by side, each scaled so that a typical photo of `sample`
+    projects to length `weight` in it: the parts' say in a distance is set by the weights alone."""
+    mean = parts[0][0].mean
+    if any(not np.allclose(p.mean, mean, atol=1e-4) for p, _ in parts):
+        raise ValueError("stacked projections must centre the same features (equal means)")
+    x = np.asarray(sample, dtype=np.float32) - mean
+    matrices = [weight * p.matrix / float(np.median(np.linalg.norm(x @ p.matrix, axis=1))) for p, weight in parts]
+    return Projection(key=key, mean=mean, matrix=np.ascontiguousarray(np.concatenate(matrices, axis=1), np.float32))
