@@ -12,6 +12,7 @@ from api.indexing_commands import index as index_command
 from api.options import DatabaseOpt, DeviceOpt, IndexOpt, JsonOpt, app, fail, load_settings
 from indexer.errors import DiffsearchError
 from indexer.storage import display_location
+from searcher.dedup import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_THRESHOLD
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -50,9 +51,9 @@ def query(
 
 @app.command()
 def dedup(
-    threshold: Annotated[Optional[float], typer.Option(help="Euclidean distance under which two photos are always duplicates (default 0.20)")] = None,
-    gap: Annotated[Optional[float], typer.Option(help="also a photo's nearest photos before a jump d_j <= gap * d_(j+1), for heavier edits; 0: the threshold alone (default 0.65)")] = None,
-    cap: Annotated[Optional[float], typer.Option(help="the gap test never links photos further apart than this (default 0.50)")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=f"Euclidean distance under which two photos are always duplicates (default {DEFAULT_THRESHOLD:.2f})")] = None,
+    gap: Annotated[Optional[float], typer.Option(help=f"also a photo's nearest photos before a jump d_j <= gap * d_(j+1), for heavier edits; 0: the threshold alone (default {DEFAULT_GAP:.2f})")] = None,
+    cap: Annotated[Optional[float], typer.Option(help=f"the gap test never links photos further apart than this (default {DEFAULT_CAP:.2f})")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     as_json: JsonOpt = False,

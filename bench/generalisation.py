@@ -1,6 +1,6 @@
 """Seen and unseen classes, one run: does the default generalise beyond what it was trained on?
 
-    python bench/generalisation.py --tiny DATA/tiny-imagenet-200 [--candidate runs/ssl-model]
+    python bench/generalisation.py --tiny DATA/tiny-imagenet-200 [--previous runs/previous-default] [--candidate data/models/default]
 
 Sets (classes held out exactly as scripts/train_default_model.py holds them out of ALL training):
 - unseen: Tiny ImageNet val photos of the 40 held-out wnids; Caltech-101 test photos of the 21
@@ -70,7 +70,7 @@ def main() -> None:
     fit = fit_all[:: max(1, len(fit_all) // 1500)][:1500]
     previous = load_model(args.previous)
     chosen = EmbeddingConfig()
-    released = EmbeddingConfig(timestep=20, inversion_steps=0)  # how the last release embedded (borders now trimmed)
+    released = EmbeddingConfig(blocks=("mid",))  # how the last release embedded: its mid block alone
     whiten = {"whiten": True}
     variants = [
         Variant("colour histogram 8x8x8"),
@@ -78,19 +78,19 @@ def main() -> None:
         Variant("latent only, 4x4 grid, no global mean (its best pooling)", chosen.replace(blocks=("latent",), grid=4, gap=False), previous, **whiten),
         Variant("random-init U-Net, same pipeline", chosen, random_unet_model(previous), **whiten),
         Variant("last release's default, whitened here", released, previous, **whiten),
-        Variant("last release's default, as indexed", released, previous, as_indexed=True),
     ]
-    if chosen.replace(projection=False).fingerprint(previous.fingerprint) in previous.projections:
-        variants.append(Variant("last release's default, today's settings, as indexed", chosen, previous, as_indexed=True))
+    if released.replace(projection=False).fingerprint(previous.fingerprint) in previous.projections:
+        variants.append(Variant("last release's default, as indexed", released, previous, as_indexed=True))
     if args.candidate:
         candidate = load_model(str(args.candidate))
         random_row = variants[3]
         variants[3] = dataclasses.replace(random_row, model=random_unet_model(candidate))
         name = args.candidate_name
-        variants.append(Variant(f"{name}, whitened here", chosen, candidate, **whiten))
+        variants.append(Variant(f"{name}, mid block alone, whitened here", chosen.replace(blocks=("mid",)), candidate, **whiten))
         variants.append(Variant(f"{name}, latent + mid, whitened here", chosen.replace(blocks=("latent", "mid")), candidate, **whiten))
-        if candidate.projections:
-            variants.append(Variant(f"{name}, as indexed", chosen, candidate, as_indexed=True))
+        for label, config in ((", mid block alone", chosen.replace(blocks=("mid",))), (", latent + mid", chosen.replace(blocks=("latent", "mid")))):
+            if config.replace(projection=False).fingerprint(candidate.fingerprint) in candidate.projections:
+                variants.append(Variant(f"{name}{label}, as indexed", config, candidate, as_indexed=True))
     report = {}
     for name, labelled in sets.items():
         results = evaluate(variants, labelled, fit, ROOT / "runs" / "eval-cache")

@@ -145,8 +145,10 @@ def dedup_rules(gallery: np.ndarray, queries: np.ndarray, picked: np.ndarray) ->
     """The shipped rule, the threshold alone, and neighbours, in both scenarios and both halves."""
     scenarios = {"one copy each": np.ones(len(picked), dtype=int),
                  "1-5 copies each": np.random.default_rng(1).choice([1, 1, 1, 2, 3, 5], len(picked))}  # fmt: skip
-    rules = [DedupRule(threshold=0.25, gap=0), DedupRule(threshold=0.2, gap=0), DedupRule()]
-    rules += [DedupRule(gap=g, cap=c) for g in (0.6, 0.65, 0.7) for c in (0.45, 0.5, 0.6) if DedupRule(gap=g, cap=c) != DedupRule()]
+    rules = [DedupRule(threshold=t, gap=0) for t in (0.2, 0.25, 0.3, 0.4)] + [DedupRule()]
+    rules += [DedupRule(threshold=0.2, gap=g, cap=c) for g in (0.6, 0.65, 0.7) for c in (0.45, 0.5, 0.6)]  # the shipped model's scale
+    rules += [DedupRule(threshold=t, gap=g, cap=c) for t in (0.3, 0.4) for g in (0.65, 0.7, 0.75, 0.8) for c in (0.6, 0.7, 0.8)]  # wider
+    rules = list(dict.fromkeys(rules))  # the default is in a grid too
     k = max(rule.neighbours for rule in rules) + 1
     rows = [{"rule": {"threshold": rule.threshold, "gap": rule.gap, "cap": rule.cap}} for rule in rules]
     for name, copies in scenarios.items():
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--originals", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="default", help="the model measured as 'default' (a name or folder; e.g. a candidate before it ships)")
+    parser.add_argument("--config", default="{}", help="the default row's embedding settings as JSON over the defaults")
     parser.add_argument("--previous", type=Path, help="the last release's model folder, to compare with the shipped default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "near-duplicates.json")
     args = parser.parse_args()
@@ -175,11 +178,15 @@ def main() -> None:
     gallery_x0 = encode_set(shipped, gallery, 128, CACHE).x0
     query_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed)
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    models = {"default (as indexed)": (shipped, EmbeddingConfig())}
-    if args.previous:  # as it was released: t=20, no inversion (its projection serves the trimmed crops too)
-        models["last release's default (as indexed)"] = (load_model(str(args.previous)), EmbeddingConfig(timestep=20, inversion_steps=0))
+    models = {"default (as indexed)": (shipped, EmbeddingConfig.from_dict(json.loads(args.config)))}
+    if args.previous:  # as it was released: its mid block alone, t=50, one inversion step
+        models["last release's default (as indexed)"] = (load_model(str(args.previous)), EmbeddingConfig(blocks=("mid",)))
     for name, (model, config) in models.items():
-        rows[name] = (vectors(model, config, gallery_x0), vectors(model, config, query_x0))
+        if model.encoder_fingerprint == shipped.encoder_fingerprint:
+            rows[name] = (vectors(model, config, gallery_x0), vectors(model, config, query_x0))
+        else:  # another model normalises latents its own way: its own x0 for gallery and queries
+            own_g, own_q = encode_set(model, gallery, 128, CACHE).x0, encode_queries(model, [gallery[i] for i in picked], args.seed)
+            rows[name] = (vectors(model, config, own_g), vectors(model, config, own_q))
     for name, config in (("latent only, same pooling", EmbeddingConfig(blocks=("latent",), projection=False)),
                          ("latent only, 4x4 grid", EmbeddingConfig(blocks=("latent",), grid=4, gap=False, projection=False))):  # fmt: skip
         rows[name] = (vectors(shipped, config, gallery_x0), vectors(shipped, config, query_x0))

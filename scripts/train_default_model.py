@@ -7,7 +7,7 @@ Data (never committed; see README "Training data"):
   wnids.txt, minus every 5th (40 classes held out of ALL training, for the unseen-class benchmark),
   `--per-class` photos each, exact duplicate files dropped;
 - Caltech-101 fit split (bench/splits/fit.txt) minus the 21 classes of bench/heldout_classes.py.
-No labels are used: the classes only decide what is held out.
+Stage 1 uses no labels: the classes only decide what is held out.
 
 Steps, each cached or resumable under --run: lists -> TAEF2 latents of each photo and 2 edited views
 (indexer.training.views) -> training from scratch (diffusion MSE + NT-Xent on the views' pooled mid
@@ -130,13 +130,19 @@ def main() -> None:
     (args.run / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=list))
     print(f"exported {args.out}")
     if args.ship:
-        ship(args.run, args.ship, photos, args.per_class, card_only=args.card_only)
+        label_note = FOLDER_LABELS if args.class_weight > 0 else NO_LABELS
+        ship(args.run, args.ship, photos, args.per_class, label_note, card_only=args.card_only)
 
 
 DATA_NOTE = (
-    "{photos:,} photos, no labels: Tiny ImageNet 200 train (`github:rangeetpan/IMagenet` at 6125d8a, "
+    "{photos:,} photos: Tiny ImageNet 200 train (`github:rangeetpan/IMagenet` at 6125d8a, "
     "the first 200 wnids of wnids.txt minus every 5th, {per_class} photos each, exact duplicate files dropped) "
-    "and the Caltech-101 fit split minus 21 held-out classes (every 5th of the test split's classes)"
+    "and the Caltech-101 fit split minus 21 held-out classes (every 5th of the test split's classes); {labels}"
+)
+NO_LABELS = "no labels"
+FOLDER_LABELS = (
+    "the hybrid stage and the class-discriminant part of the projection use their folders as labels "
+    "(240 classes: 160 wnids, 80 Caltech classes); no held-out class is in the list"
 )
 VIEWS_NOTE = "each photo centre-cropped plus 2 edited views: crops, re-framing, tilt, flip, colour, grayscale, blur, banner, border, JPEG"
 LICENCES = (
@@ -145,25 +151,25 @@ LICENCES = (
 )
 
 
-def ship(run: Path, out: Path, photos: list[Path], per_class: int, card_only: bool = False) -> None:
+def ship(run: Path, out: Path, photos: list[Path], per_class: int, labels: str, card_only: bool = False) -> None:
     """The run as the bundled model: weights, licence, PCA-whitening learned on training photos, card."""
     import shutil
 
     from scripts.ship_default_model import LICENSE, fit_default_projection
 
     if card_only:
-        write_card(run, out, photos, per_class)
+        write_card(run, out, photos, per_class, labels)
         return
     if out.exists():
         shutil.rmtree(out)
     export_checkpoint(run, out)
     (out / "LICENSE").write_text(LICENSE.replace("The training photos (Caltech-101", "The training photos (Caltech-101 and Tiny ImageNet; the latter's terms are non-commercial research use").replace(") are CC BY 4.0", "; Caltech-101 is CC BY 4.0)"))
     fit_default_projection(out, photos[:: max(1, len(photos) // 1500)][:1500])
-    write_card(run, out, photos, per_class)
+    write_card(run, out, photos, per_class, labels)
     print(f"shipped {out}")
 
 
-def write_card(run: Path, out: Path, photos: list[Path], per_class: int) -> None:
+def write_card(run: Path, out: Path, photos: list[Path], per_class: int, labels: str) -> None:
     from indexer.training.card import write_model_card
 
     extra = ""
@@ -171,7 +177,7 @@ def write_card(run: Path, out: Path, photos: list[Path], per_class: int) -> None
     for name in ("near-duplicates.md", "generalisation.md"):
         if (results / name).is_file():
             extra += "\n" + (results / name).read_text()
-    write_model_card(out, run, DATA_NOTE.format(photos=len(photos), per_class=per_class), extra=extra,
+    write_model_card(out, run, DATA_NOTE.format(photos=len(photos), per_class=per_class, labels=labels), extra=extra,
                      views_note=VIEWS_NOTE, licences=LICENCES)  # fmt: skip
 
 

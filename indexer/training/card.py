@@ -97,7 +97,10 @@ def write_model_card(
         init = json.loads(init_file.read_text())
         losses = [(s, v) for s, v in init["losses"]] + [(s + init["steps"], v) for s, v in losses]
         steps, seconds = steps + init["steps"], seconds + init["seconds"]
-        stages = f"{init['steps']} diffusion-only steps ({init['seconds'] / 60:.0f} min), then {state['step']} more; "
+        source_cfg = Path(init["init_from"]).parent / "train_config.json"
+        source_ssl = source_cfg.is_file() and json.loads(source_cfg.read_text()).get("ssl_weight", 0) > 0
+        kind = "diffusion + self-supervised NT-Xent (no labels)" if source_ssl else "diffusion-only"
+        stages = f"{init['steps']} {kind} steps ({init['seconds'] / 60:.0f} min), then {state['step']} more; "
     if cfg.get("class_weight", 0) > 0:
         classes = cfg["num_classes"]
         stages += (f"hybrid steps add a class-prediction loss (weight {cfg['class_weight']}, {classes} folder classes, "
