@@ -290,24 +290,40 @@ class IndexRun:
         good = [item for item in batch if item.failure is None]
         if not good:
             return 0
-        rows = []
-        for item in good:
-            file, info = files[item.i], item.info
-            assert info is not None
-            row = Photo(
-                path=str(file.path), content_hash=item.digest, size=file.size, mtime=file.mtime, width=info.width,
-                height=info.height, format=info.format, taken_at=info.taken_at, indexed_at=utcnow(),
-            )  # fmt: skip
-            session.add(row)
-            rows.append(row)
-        delete_failures(session, [str(files[item.i].path) for item in good])  # they failed before, not now
-        session.flush()  # assigns the ids that become the vector ids
-        vectors = np.stack([item.vector for item in good]).astype(np.float32)
-        self.index.add_vectors(session, np.array([r.id for r in rows], dtype=np.int64), vectors)
+        rows: list[Photo] = []
+        try:  # all of the batch or none of it: an interrupt (Ctrl-C, SIGTERM) may land anywhere in here
+            for item in good:
+                file, info = files[item.i], item.info
+                assert info is not None
+                row = Photo(
+                    path=str(file.path), content_hash=item.digest, size=file.size, mtime=file.mtime, width=info.width,
+                    height=info.height, format=info.format, taken_at=info.taken_at, indexed_at=utcnow(),
+                )  # fmt: skip
+                session.add(row)
+                rows.append(row)
+            delete_failures(session, [str(files[item.i].path) for item in good])  # they failed before, not now
+            session.flush()  # assigns the ids that become the vector ids
+            vectors = np.stack([item.vector for item in good]).astype(np.float32)
+            self.index.add_vectors(session, np.array([r.id for r in rows], dtype=np.int64), vectors)
+        except BaseException:
+            self._undo_batch(session, rows)
+            raise
         updated = sum(row.path in replaced for row in rows)
         summary.updated += updated
         summary.added += len(rows) - updated
         return len(rows)
+
+    def _undo_batch(self, session: Session, rows: list[Photo]) -> None:
+        """Take back a half-stored batch, so the checkpoint that follows commits no row without its vector."""
+        ids = [row.id for row in rows if row.id is not None]
+        for row in rows:
+            if row in session.new:
+                session.expunge(row)
+            elif row in session:
+                session.delete(row)
+        session.flush()
+        self.index.drop_unsaved_vectors(ids)  # the ones add_vectors may have stored before the interrupt
+        log.warning("interrupted while storing a batch: its %d photo(s) were taken back and will be indexed next run", len(rows))
 
     def _checkpoint(self, session: Session) -> None:
         session.commit()

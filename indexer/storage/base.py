@@ -220,6 +220,10 @@ class PhotoIndex(ABC):
     def remove_vectors(self, ids: list[int]) -> None:
         """Drop the vectors of rows already deleted and committed (and persist that)."""
 
+    def drop_unsaved_vectors(self, ids: list[int]) -> None:
+        """Take back vectors added in this session whose rows are being taken back before the commit.
+        Stores that keep vectors in the rows' transaction need nothing: deleting the rows does it."""
+
     @abstractmethod
     def save_vectors(self) -> None:
         """Persist vectors added since the last save; called right after each commit."""

@@ -108,6 +108,9 @@ class FolderIndex(PhotoIndex):
             self.vectors.remove(ids)
             self.vectors.save()
 
+    def drop_unsaved_vectors(self, ids: list[int]) -> None:
+        self.vectors.remove(ids)  # in memory only: the next checkpoint saves the file
+
     def save_vectors(self) -> None:
         self.vectors.save()
 

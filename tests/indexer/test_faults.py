@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from indexer.embedding.embedder import Embedder
 from indexer.errors import IndexCorruptError, IndexReadOnlyError
 from indexer.storage import PhotoIndex
 from indexer.indexing import index_photos
@@ -191,3 +192,34 @@ def test_missing_vectors_file_is_damage_not_an_empty_result(tmp_path, settings, 
         Searcher(settings.index_dir, model=embedder.model).query(photos / "p0.png")
     r = cli("query", str(photos / "p0.png"), "--index", str(settings.index_dir))
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+@pytest.mark.parametrize("when", ["before the vectors", "after the vectors"])
+def test_an_interrupt_while_a_batch_is_stored_takes_the_whole_batch_back(tmp_path, settings, embedder, monkeypatch, when):
+    """Ctrl-C or SIGTERM can land between a batch's rows and its vectors: the checkpoint must not
+    commit rows without vectors (or keep vectors without rows), and the next run finishes the job."""
+    from indexer.storage.folder import FolderIndex
+
+    photos = photo_dir(tmp_path, n=6)
+    original, calls = FolderIndex.add_vectors, []
+
+    def interrupted(self, session, ids, vectors):
+        calls.append(len(ids))
+        if len(calls) == 2:
+            if when == "after the vectors":
+                original(self, session, ids, vectors)
+            raise KeyboardInterrupt
+        original(self, session, ids, vectors)
+
+    monkeypatch.setattr(FolderIndex, "add_vectors", interrupted)
+    two_per_batch = settings.__class__.load(env={}, index_dir=settings.index_dir, workers=0, batch_size=2)
+    embedder = Embedder(embedder.config, two_per_batch.runtime_options(), model=embedder.model)
+    with pytest.raises(KeyboardInterrupt):
+        index_photos([photos], two_per_batch, embedder=embedder)
+    index = PhotoIndex.open(settings.index_dir)
+    report, counts = index.consistency(), index.counts()
+    index.close()
+    assert report.ok and counts["photos"] == 2 and counts["vectors"] == 2, (report, counts)
+    monkeypatch.setattr(FolderIndex, "add_vectors", original)
+    summary = index_photos([photos], two_per_batch, embedder=embedder)
+    assert summary.added == 4 and summary.unchanged == 2
