@@ -86,11 +86,10 @@ def main() -> None:
         random_row = variants[3]
         variants[3] = dataclasses.replace(random_row, model=random_unet_model(candidate))
         name = args.candidate_name
-        variants.append(Variant(f"{name}, mid block alone, whitened here", chosen.replace(blocks=("mid",)), candidate, **whiten))
-        variants.append(Variant(f"{name}, latent + mid, whitened here", chosen.replace(blocks=("latent", "mid")), candidate, **whiten))
-        for label, config in ((", mid block alone", chosen.replace(blocks=("mid",))), (", latent + mid", chosen.replace(blocks=("latent", "mid")))):
-            if config.replace(projection=False).fingerprint(candidate.fingerprint) in candidate.projections:
-                variants.append(Variant(f"{name}{label}, as indexed", config, candidate, as_indexed=True))
+        configs = {"mid block alone": chosen.replace(blocks=("mid",)), "latent + mid": chosen.replace(blocks=("latent", "mid"))}
+        variants += [Variant(f"{name}, {label}, whitened here", config, candidate, **whiten) for label, config in configs.items()]
+        variants += [Variant(f"{name}, {label}, as indexed", config, candidate, as_indexed=True) for label, config in configs.items()
+                     if config.replace(projection=False).fingerprint(candidate.fingerprint) in candidate.projections]  # fmt: skip
     report = {}
     for name, labelled in sets.items():
         results = evaluate(variants, labelled, fit, ROOT / "runs" / "eval-cache")

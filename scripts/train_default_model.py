@@ -83,6 +83,12 @@ def photo_class(path: Path) -> str:
     return path.parent.parent.name if path.parent.name == "images" else path.parent.name
 
 
+def folder_labels(photos: list[Path], kept: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each kept photo's class as an index into the sorted class names, and those names."""
+    vocabulary, labels = np.unique([photo_class(p) for p, ok in zip(photos, kept) if ok], return_inverse=True)
+    return labels, vocabulary.tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", type=Path, required=True, help="the tiny-imagenet-200 folder")
@@ -119,9 +125,8 @@ def main() -> None:
     flat = normed.reshape(-1, *normed.shape[2:])  # every view is a training image for the diffusion loss
     labels, classes = None, 0
     if args.class_weight > 0:
-        names = [photo_class(p) for p, ok in zip(photos, kept) if ok]
-        vocabulary = sorted(set(names))
-        labels, classes = np.repeat([vocabulary.index(n) for n in names], normed.shape[1]), len(vocabulary)
+        per_photo, vocabulary = folder_labels(photos, kept)
+        labels, classes = np.repeat(per_photo, normed.shape[1]), len(vocabulary)
         logging.info("hybrid stage: %d classes, class weight %g", classes, args.class_weight)
     cfg = TrainConfig(max_minutes=args.minutes, max_steps=args.steps, batch_size=args.batch, ssl_weight=args.ssl_weight,
                       class_weight=args.class_weight, num_classes=classes, checkpoint_every=100)  # fmt: skip

@@ -23,8 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -35,7 +33,7 @@ from indexer.training.discriminant import DiscriminantConfig, fit_discriminant_p
 from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection, stack_projections  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR  # noqa: E402
-from scripts.train_default_model import photo_class  # noqa: E402
+from scripts.train_default_model import folder_labels  # noqa: E402
 
 
 def main() -> None:
@@ -66,8 +64,7 @@ def main() -> None:
     else:
         head = fit_projection(features[:, 0], key=key, dim=args.keep_whitening)
     if args.class_dim:
-        labels = np.unique([photo_class(p) for p, ok in zip(photos, kept) if ok], return_inverse=True)[1]
-        lda = fit_discriminant_projection(features[:, 0], labels, key=key,
+        lda = fit_discriminant_projection(features[:, 0], folder_labels(photos, kept)[0], key=key,
                                           cfg=DiscriminantConfig(dim=args.class_dim, whiten_dim=args.class_whiten_dim, reg=args.class_reg))  # fmt: skip
         head = stack_projections([(head, 1.0), (lda, args.class_weight)], features[:2000, 0], key=key)
     print(f"projection head for {config.to_dict()}: {head.save(args.model)}")
