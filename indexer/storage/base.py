@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from indexer.embedding.config import EmbeddingConfig
 from indexer.errors import ConfigError, IndexMismatchError, IndexNotFoundError
-from indexer.storage.rows import Failure, Photo, create_schema, delete_photos, read_meta, write_meta
+from indexer.storage.rows import Failure, Photo, create_schema, delete_photos, has_schema, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +308,18 @@ class PhotoIndex(ABC):
 def read_settings(engine: Engine, where: str, errors: AbstractContextManager[None], read_only: bool) -> IndexSettings:
     """The settings in an index's meta table (checking its schema version); the engine is
     disposed of when there are none or the database fails, so the caller owns it only on success."""
+    unfinished = f"{where} holds no finished index settings; index some photos into it first"
     try:
         with errors:
-            create_schema(engine, read_only)
+            # A writer may be creating this index right now: a reader neither races it to create
+            # the schema nor calls a half-made database damaged; it only upgrades a finished index.
+            if not has_schema(engine):
+                raise IndexNotFoundError(unfinished)
             with Session(engine) as session:
                 meta = read_meta(session)
-        if "embedding" not in meta:
-            raise IndexNotFoundError(f"{where} holds no finished index settings; index some photos into it first")
+            if "embedding" not in meta:
+                raise IndexNotFoundError(unfinished)
+            create_schema(engine, read_only)
         return IndexSettings.from_meta(meta)
     except BaseException:
         engine.dispose()

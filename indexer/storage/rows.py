@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, String, Text, delete, select
+from sqlalchemy import Engine, Float, Integer, String, Text, delete, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from indexer.errors import IndexMismatchError
@@ -68,12 +69,22 @@ def create_schema(engine: Engine, read_only: bool = False) -> None:
         with Session(engine) as session:
             _check_version(read_meta(session).get("schema_version"))
         return
-    Base.metadata.create_all(engine)
-    with Session(engine) as session, session.begin():
-        version = read_meta(session).get("schema_version")
-        if version is None:
-            session.merge(Meta(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
-        _check_version(version)
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            # One creator at a time (the others wait on busy_timeout), so two processes opening a
+            # new index together never both find a table missing and both CREATE it.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        Base.metadata.create_all(conn)
+        with Session(bind=conn) as session:
+            # Only the first version written counts; a second opener does not fail on it.
+            _insert_meta(session, {"schema_version": SCHEMA_VERSION}, overwrite=False)
+            _check_version(read_meta(session).get("schema_version"))
+        conn.commit()
+
+
+def has_schema(engine: Engine) -> bool:
+    """Does the database hold the meta table yet (a writer creating a new index may not be there)?"""
+    return inspect(engine).has_table(Meta.__tablename__)
 
 
 def _check_version(version: int | None) -> None:
@@ -88,8 +99,20 @@ def read_meta(session: Session) -> dict[str, Any]:
 
 
 def write_meta(session: Session, values: dict[str, Any]) -> None:
+    _insert_meta(session, values, overwrite=True)
+
+
+def _insert_meta(session: Session, values: dict[str, Any], overwrite: bool) -> None:
+    """One INSERT .. ON CONFLICT per key: a read-then-insert (`merge`) races a concurrent writer
+    into a UNIQUE failure, since SQLite starts the transaction only at the INSERT."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     for key, value in values.items():
-        session.merge(Meta(key=key, value=json.dumps(value, sort_keys=True)))
+        statement = insert(Meta).values(key=key, value=json.dumps(value, sort_keys=True))
+        if overwrite:
+            statement = statement.on_conflict_do_update(index_elements=[Meta.key], set_={"value": statement.excluded.value})
+        else:
+            statement = statement.on_conflict_do_nothing(index_elements=[Meta.key])
+        session.execute(statement)
 
 
 def photos_under(session: Session, roots: list[Path]) -> dict[str, Photo]:
