@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.near_duplicates import encode_queries, recall  # noqa: E402
+from bench.near_duplicates import encode_queries, recall, same_photo  # noqa: E402
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig  # noqa: E402
 from indexer.training.evaluation import LabelledSet, Variant, encode_set, retrieval_metrics, variant_vectors  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
             q = variant_vectors(variant, EncodedSet(queries, np.zeros((len(queries), 1), np.float32)), fit)
             metrics = retrieval_metrics(g, val.labels)
             d = np.sqrt(np.maximum(2 - 2 * q @ g.T, 0))
-            r1 = float(recall(d, originals)["R@1"].mean())
+            r1 = float(recall(d, originals, same_photo(val.paths))["R@1"].mean())
             rows.append({"timestep": t, "inversion_steps": k, "P@10": metrics["P@10"], "mAP": metrics["mAP"], "near_dup_R@1": r1})
             print(f"| {t} | {k} | {metrics['P@10']:.4f} | {metrics['mAP']:.4f} | {r1:.4f} |", flush=True)
     best = max((r for r in rows if r["inversion_steps"] >= 1), key=lambda r: r["P@10"] + r["mAP"] + r["near_dup_R@1"])

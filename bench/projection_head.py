@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.near_duplicates import calibrate, encode_queries, recall  # noqa: E402
+from bench.near_duplicates import calibrate, encode_queries, recall, same_photo  # noqa: E402
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder, normalise  # noqa: E402
@@ -73,16 +73,17 @@ def main() -> None:
     labels = np.array(test.labels)
     held = np.array([p.parent.name in set(caltech_held_out()) for p in test.paths])
     originals, edit_names = np.repeat(picked, len(EDITS)), np.array(list(EDITS) * len(picked))
+    canonical = same_photo(test.paths)
     results = {}
     for name, projection in rows.items():
         g, q = (normalise(projection.apply(x)) for x in (gallery, queries))
         everything, unseen = retrieval_metrics(g, labels), retrieval_metrics(g[held], labels[held])
         d = np.sqrt(np.maximum(2 - 2 * q @ g.T, 0))
-        hits = recall(d, originals)["R@1"]
+        hits = recall(d, originals, canonical)["R@1"]
         results[name] = {
             "P@10": everything["P@10"], "mAP": everything["mAP"], "held-out P@10": unseen["P@10"], "held-out mAP": unseen["mAP"],
             "near-dup R@1": float(hits.mean()), "per_edit": {e: float(hits[edit_names == e].mean()) for e in EDITS},
-            "dedup": calibrate(d, originals),
+            "dedup": calibrate(d, originals, canonical),
         }  # fmt: skip
     print(f"\nProjection heads on model {args.model!r}, config {json.dumps(config.to_dict())}; "
           f"trained on {train.shape[0]:,} photos x {train.shape[1]} views ({args.photos.name})\n")  # fmt: skip
