@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,8 @@ def main() -> None:
         lda = fit_discriminant_projection(features[:, 0], folder_labels(photos, kept)[0], key=key,
                                           cfg=DiscriminantConfig(dim=args.class_dim, whiten_dim=args.class_whiten_dim, reg=args.class_reg))  # fmt: skip
         head = stack_projections([(head, 1.0), (lda, args.class_weight)], features[:2000, 0], key=key)
+    if args.dim and head.dim > args.dim:  # dedup compares photos on the learned, edit-invariant dims alone
+        head = replace(head, instance_dims=(args.keep_whitening, args.keep_whitening + args.dim))
     print(f"projection head for {config.to_dict()}: {head.save(args.model)}")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
@@ -29,13 +30,14 @@ from indexer.errors import ConfigError
 from searcher.results import DuplicateGroup, SearchResult
 from searcher.searcher import Searcher
 
-# Euclidean distances between unit vectors. Chosen on bench/near_duplicates.py (Caltech test
-# photos with edited copies added, one half of the originals; the other half reports): with
-# threshold 0.25 alone, 30-31% of the copies were found; this rule finds about twice as many at
-# higher pair precision (the table is in bench/results/near-duplicates.md).
+# Euclidean distances between unit vectors (of the bundled model's instance dims). Chosen on
+# bench/near_duplicates.py (Caltech test photos with edited copies added, one half of the originals;
+# the other half reports), keeping the 64 bundled samples free of groups: with one edited copy
+# each, pair precision / recall 0.629 / 0.394 (1-5 copies: 0.866 / 0.529), where the release
+# before found 0.691 / 0.303 (0.858 / 0.336) with its own rule (bench/results/near-duplicates.md).
 DEFAULT_THRESHOLD = 0.20
-DEFAULT_GAP = 0.65
-DEFAULT_CAP = 0.50
+DEFAULT_GAP = 0.70
+DEFAULT_CAP = 0.60
 
 
 @dataclass(frozen=True)
@@ -94,29 +96,55 @@ def duplicate_groups(neighbours: npt.NDArray[np.int64], distances: npt.NDArray[n
 
 
 def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[DuplicateGroup]:
-    """Groups of near-duplicate photos in the index, largest group first."""
+    """Groups of near-duplicate photos in the index, largest group first.
+
+    Where the model's projection names the dims trained to tell photos apart (`instance_dims`: the
+    bundled model's contrastive head), photos are compared on those alone, in a flat FAISS index
+    of them: the whitening and class parts put different photos of one class close together (eight
+    Faces_easy samples closer to each other than a grayscale copy is to its original), which is
+    what search wants and dedup must not see. Otherwise the index's own vectors are searched."""
     rule = rule or DedupRule()
     store = searcher._fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
     if len(ids) < 2:
         return []
-    row = {int(i): r for r, i in enumerate(ids)}
+    projection = searcher.embedder.projection
     k = min(rule.neighbours + 2, len(ids))  # the photo itself, its neighbours, one more for the gap
+    if projection is not None and projection.instance_dims:
+        vectors = projection.instance_part(np.vstack([store.reconstruct(int(i)) for i in ids]))
+        flat = faiss.IndexFlatL2(vectors.shape[1])
+        flat.add(vectors)
+
+        def vector_of(r: int) -> npt.NDArray[np.float32]:
+            return vectors[r]
+
+        def search_rows(rows: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray]:
+            return flat.search(vectors[rows], k)  # row numbers already
+    else:
+        row_of = {int(i): r for r, i in enumerate(ids)}
+
+        def vector_of(r: int) -> npt.NDArray[np.float32]:
+            return store.reconstruct(int(ids[r]))
+
+        def search_rows(rows: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray]:
+            d2, found = store.search(np.vstack([vector_of(int(r)) for r in rows]), k)
+            return d2, np.array([[row_of.get(int(b), -1) for b in line] for line in found], dtype=np.int64)
+
     neighbours = np.full((len(ids), k - 1), -1, dtype=np.int64)
     distances = np.full((len(ids), k - 1), np.inf)
     for start in tqdm(range(0, len(ids), 256), desc="dedup", unit="block", leave=False):
-        block = ids[start : start + 256]
-        d2, found = store.search(np.vstack([store.reconstruct(int(i)) for i in block]), k)
-        for r, (a, row_d2, row_ids) in enumerate(zip(block, d2, found), start):
-            others = [(float(np.sqrt(max(d, 0.0))), row[int(b)]) for d, b in zip(row_d2, row_ids) if b >= 0 and b != a][: k - 1]
+        block = np.arange(start, min(start + 256, len(ids)))
+        d2, found = search_rows(block)
+        for a, row_d2, row_found in zip(block, d2, found):
+            others = [(float(np.sqrt(max(d, 0.0))), int(b)) for d, b in zip(row_d2, row_found) if b >= 0 and b != a][: k - 1]
             for j, (d, b) in enumerate(others):
-                distances[r, j], neighbours[r, j] = d, b
+                distances[a, j], neighbours[a, j] = d, b
     groups = []
     for rows in duplicate_groups(neighbours, distances, rule):
-        group = sorted(int(ids[r]) for r in rows)
-        anchor = store.reconstruct(group[0])
-        vectors = np.vstack([store.reconstruct(i) for i in group])
-        gaps = np.linalg.norm(vectors - anchor, axis=1)
+        rows = sorted(rows, key=lambda r: int(ids[r]))
+        group = [int(ids[r]) for r in rows]
+        members = np.vstack([vector_of(r) for r in rows])
+        gaps = np.linalg.norm(members - members[0], axis=1)
         photos_by_id = searcher.photos(group)
         photos = [SearchResult.from_row(photos_by_id[i], float(d)) for i, d in zip(group, gaps) if i in photos_by_id]
         if len(photos) >= 2:

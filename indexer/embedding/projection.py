@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,17 @@ class Projection:
     key: str  # fingerprint of the embedding config (projection off) it was fitted for
     mean: npt.NDArray[np.float32]  # (d_in,)
     matrix: npt.NDArray[np.float32]  # (d_in, d_out)
+    # The output dims [start, stop) trained to tell one photo from another whatever its edits (a
+    # contrastive head) where the others describe what it shows (whitening, a class-discriminant
+    # part): dedup compares photos on these alone, since different photos of one class are near in
+    # the others. None: every dim.
+    instance_dims: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.instance_dims is not None:
+            start, stop = self.instance_dims
+            if not 0 <= start < stop <= self.dim:
+                raise ValueError(f"instance_dims must be a span [start, stop) inside 0..{self.dim}, got {self.instance_dims}")
 
     @property
     def digest(self) -> str:
@@ -42,18 +54,30 @@ class Projection:
     def apply(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return ((x - self.mean) @ self.matrix).astype(np.float32)
 
+    def instance_part(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Finished (unit) vectors -> their instance dims, L2-normalised again (all of them when None)."""
+        if self.instance_dims is None or self.instance_dims == (0, self.dim):
+            return vectors
+        part = np.asarray(vectors, dtype=np.float32)[:, slice(*self.instance_dims)]
+        return (part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
     @classmethod
     def load(cls, path: Path) -> Projection:
         """One stored projection file; its key is the file's stem."""
         tensors = load_file(str(path))
-        return cls(key=Path(path).stem, mean=tensors["mean"].numpy(), matrix=tensors["matrix"].numpy())
+        with safe_open(str(path), framework="pt") as handle:
+            span = (handle.metadata() or {}).get("instance_dims")  # "start:stop"
+        instance = tuple(int(n) for n in span.split(":")) if span else None
+        return cls(key=Path(path).stem, mean=tensors["mean"].numpy(), matrix=tensors["matrix"].numpy(),
+                   instance_dims=instance)  # type: ignore[arg-type]  # fmt: skip
 
     def save(self, model_dir: Path) -> Path:
         folder = Path(model_dir) / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.key}.safetensors"
         tensors = {"mean": torch.from_numpy(self.mean), "matrix": torch.from_numpy(self.matrix)}
-        save_file(tensors, str(path), metadata={"key": self.key})
+        metadata = {"key": self.key} | ({"instance_dims": "%d:%d" % self.instance_dims} if self.instance_dims else {})
+        save_file(tensors, str(path), metadata=metadata)
         return path
 
 
