@@ -143,17 +143,18 @@ def train(
     labels: npt.NDArray[np.int64] | None = None,
     init_from: Path | None = None,
     views: npt.NDArray[np.float16] | None = None,
+    device: str | None = None,
 ) -> tuple[UNet2DModel, list[tuple[int, float]]]:
     """Train on normalised latents (n, C, h, w); returns the EMA U-Net and the loss curve (noise MSE).
 
     `labels` (n,) feed the auxiliary class loss when cfg.class_weight > 0. `init_from` starts a new
     run from another run's checkpoint (its EMA weights), e.g. to add the class loss to a trained model.
     `views` (m, V >= 2, C, h, w), normalised like `latents`, feed the self-supervised term when
-    cfg.ssl_weight > 0.
+    cfg.ssl_weight > 0. `device`: where to train (default: CUDA when there is one, else the CPU).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = torch.from_numpy(latents)
     hybrid = cfg.class_weight > 0
     if hybrid and (labels is None or len(labels) != len(data) or cfg.num_classes <= int(labels.max())):
