@@ -111,7 +111,9 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     projection = searcher.embedder.projection
     k = min(rule.neighbours + 2, len(ids))  # the photo itself, its neighbours, one more for the gap
     if projection is not None and projection.instance_dims:
-        vectors = projection.instance_part(np.vstack([store.reconstruct(int(i)) for i in ids]))
+        # Block by block, so that only the instance dims of the whole index are ever held at once.
+        vectors = np.vstack([projection.instance_part(np.vstack([store.reconstruct(int(i)) for i in ids[start : start + 4096]]))
+                             for start in range(0, len(ids), 4096)])  # fmt: skip
         flat = faiss.IndexFlatL2(vectors.shape[1])
         flat.add(vectors)
 
