@@ -220,7 +220,9 @@ class Embedder:
         return (xt - (1 - alpha).sqrt() * model_output) / alpha.sqrt()
 
     def _predict_noise(self, sample: torch.Tensor, timestep: int) -> torch.Tensor:
-        return self.runtime.unet(sample, timestep)[0]
+        noise = self.runtime.unet(sample, timestep)[0]
+        assert noise is not None
+        return noise
 
     def _timed(self, stage: str, started: float) -> float:
         now = time.perf_counter()
@@ -235,9 +237,9 @@ class Embedder:
             with self.runtime.session():
                 xt = invert(self.model, x0, cfg.timestep, cfg.inversion_steps, predict=self._predict_noise)
                 clock = self._timed("inversion", clock)
-                noise, captured = self.runtime.unet(xt, cfg.timestep)
+                noise, captured = self.runtime.unet(xt, cfg.timestep, with_noise=PREDICTED_X0 in cfg.blocks)
             sources.update(captured)
-            if PREDICTED_X0 in cfg.blocks:
+            if noise is not None and PREDICTED_X0 in cfg.blocks:
                 sources[PREDICTED_X0] = self._predicted_x0(xt.float(), noise)
         parts = []
         for name in cfg.blocks:

@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,7 +49,10 @@ class Runtime(Protocol):
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
-    def unet(self, sample: torch.Tensor, timestep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def unet(self, sample: torch.Tensor, timestep: int, with_noise: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The U-Net's noise prediction (None where `with_noise` is off and the runtime can skip the
+        layers only it needs) and the wanted blocks' activations."""
+        ...
 
 
 def unet_blocks(blocks: Sequence[str]) -> tuple[str, ...]:
@@ -82,9 +84,9 @@ class TorchRuntime:
         with self.session():
             return self.model.encode(pixels).float().cpu()
 
-    def unet(self, sample: torch.Tensor, timestep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def unet(self, sample: torch.Tensor, timestep: int, with_noise: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         with capture(self.model.unet, self.blocks) as captured:
-            out = self.model.predict_noise(sample, timestep).float()
+            out = self.model.predict_noise(sample, timestep).float()  # eager: the whole U-Net runs anyway
         return out, captured
 
 
@@ -98,17 +100,20 @@ class _EncodeGraph(nn.Module):
 
 
 class _UNetGraph(nn.Module):
-    """The U-Net as one graph: its output, then each wanted block's activations."""
+    """The U-Net as one graph: its output (unless `with_noise` is off), then each wanted block's
+    activations. Without the output, the graph holds only the layers the blocks depend on: for the
+    mid block, the up path (more than half the U-Net's work) is left out."""
 
-    def __init__(self, model: DiffusionModel, blocks: tuple[str, ...]) -> None:
+    def __init__(self, model: DiffusionModel, blocks: tuple[str, ...], with_noise: bool = True) -> None:
         super().__init__()
         self.unet = model.unet
         self.blocks = blocks
+        self.with_noise = with_noise
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with capture(self.unet, self.blocks) as captured:
             out = self.unet(sample, timesteps).sample
-        return (out, *(captured[b] for b in self.blocks))
+        return (out, *(captured[b] for b in self.blocks)) if self.with_noise else tuple(captured[b] for b in self.blocks)
 
 
 def default_cache_dir() -> Path:
@@ -146,24 +151,28 @@ class OpenVinoRuntime:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openvino", initializer=_block_signals)
         # Compiled graphs are shared by every runtime of one model; requests are this runtime's own.
         self._requests: dict[str, Any] = {}
+        self._graphs: dict[str, Any] = {}
         side = 2 * model.min_image_multiple  # example inputs for tracing; every size runs
         self._side = side
         self._encoder = self._on_thread(
             self._compiled, "encoder", lambda: _EncodeGraph(model), (torch.rand(2, 3, side, side),), [[-1, 3, -1, -1]]
         )
 
-    @cached_property
-    def _unet(self) -> Any:
-        """Compiled on first use: a latent-only config never runs the U-Net."""
-        channels = int(self.model.unet.config.in_channels)
-        latent = torch.zeros(2, channels, self._side // self.model.downscale, self._side // self.model.downscale)
-        return self._on_thread(
-            self._compiled,
-            "unet-" + ",".join(self.blocks),
-            lambda: _UNetGraph(self.model, self.blocks),
-            (latent, torch.zeros(2, dtype=torch.long)),
-            [[-1, channels, -1, -1], [-1]],
-        )
+    def _unet(self, with_noise: bool) -> Any:
+        """Compiled on first use (a latent-only config never runs the U-Net): with the noise output,
+        for DDIM inversion, or without it, for the feature pass."""
+        graph = ("unet-" if with_noise else "unet-blocks-") + ",".join(self.blocks)
+        if graph not in self._graphs:
+            channels = int(self.model.unet.config.in_channels)
+            latent = torch.zeros(2, channels, self._side // self.model.downscale, self._side // self.model.downscale)
+            self._graphs[graph] = self._on_thread(
+                self._compiled,
+                graph,
+                lambda: _UNetGraph(self.model, self.blocks, with_noise),
+                (latent, torch.zeros(2, dtype=torch.long)),
+                [[-1, channels, -1, -1], [-1]],
+            )
+        return self._graphs[graph]
 
     def session(self) -> Any:
         return nullcontext()
@@ -171,10 +180,14 @@ class OpenVinoRuntime:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._on_thread(self._infer, "encoder", self._encoder, [pixels.float().numpy()])[0]
 
-    def unet(self, sample: torch.Tensor, timestep: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def unet(self, sample: torch.Tensor, timestep: int, with_noise: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        with_noise = with_noise or not self.blocks
         t = torch.full((sample.shape[0],), timestep, dtype=torch.long)
-        compiled = self._unet  # compiled first (on the OpenVINO thread), outside the inference call
-        tensors = self._on_thread(self._infer, "unet", compiled, [sample.float().numpy(), t.numpy()])
+        compiled = self._unet(with_noise)  # compiled first (on the OpenVINO thread), outside the inference call
+        graph = "unet" if with_noise else "unet-blocks"
+        tensors = self._on_thread(self._infer, graph, compiled, [sample.float().numpy(), t.numpy()])
+        if not with_noise:
+            return None, dict(zip(self.blocks, tensors, strict=True))
         return tensors[0], dict(zip(self.blocks, tensors[1:], strict=True))
 
     def _infer(self, graph: str, compiled: Any, inputs: list[Any]) -> list[torch.Tensor]:

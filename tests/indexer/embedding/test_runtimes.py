@@ -71,7 +71,7 @@ def test_traced_graphs_are_cached_and_reused(tmp_path, sample_photos, monkeypatc
 
     photos = sample_photos[:3]
     _, first = embed(load_model("default"), EmbeddingConfig(), photos, runtime="openvino", cache_dir=str(tmp_path))
-    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 2  # the encoder and the U-Net
+    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 3  # the encoder, the U-Net for inversion, its feature part
 
     def no_tracing(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("traced again although the graph is cached")
@@ -113,3 +113,19 @@ def test_openvino_leaves_the_callers_signal_stack_alone(sample_photos):
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert received == [1]
+
+
+def test_the_feature_pass_leaves_out_the_up_path_and_reads_the_same_block(tmp_path):
+    from indexer.embedding.runtimes import OpenVinoRuntime
+
+    model = load_model("default")
+    runtime = OpenVinoRuntime(model, ("mid",), "bfloat16", threads=2, cache_dir=tmp_path)
+    x = torch.randn(4, 32, 16, 16, generator=torch.Generator().manual_seed(0))
+    noise, full = runtime.unet(x, 50)
+    skipped, part = runtime.unet(x, 50, with_noise=False)
+    assert noise is not None and skipped is None
+    a, b = full["mid"].flatten(1), part["mid"].flatten(1)
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.999  # bf16 kernels fused another way
+    weights = {xml.name: xml.with_suffix(".bin").stat().st_size for xml in (tmp_path / "openvino").glob("*.xml")}
+    _encoder, features, whole = sorted(weights.values())  # fp32 weights: encoder 5.4 MB, U-Net 44.6 MB
+    assert features < 0.6 * whole, weights  # the feature graph holds no up-block weights (measured: 18.8 MB)
