@@ -22,7 +22,7 @@ from indexer.embedding.features import pool
 from indexer.images import ImageInput, prepare
 from indexer.embedding.inversion import invert
 from indexer.embedding.model import DiffusionModel, load_model
-from indexer.embedding.projection import Projection
+from indexer.embedding.projection import Projection, normalise
 from indexer.embedding.runtimes import OpenVinoRuntime, Runtime, TorchRuntime, pick_runtime
 from indexer.threads import apply_thread_budget, thread_budget
 
@@ -248,10 +248,5 @@ class Embedder:
         self._timed("features", clock)
         # Every part is unit length before weighting; `finish` normalises the concatenation.
         return torch.cat(parts, dim=1).cpu() / math.sqrt(len(parts))
-
-
-def normalise(x: Embedding) -> Embedding:
-    """Row-wise L2 normalisation (zero rows stay zero)."""
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 

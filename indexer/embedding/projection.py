@@ -58,8 +58,7 @@ class Projection:
         """Finished (unit) vectors -> their instance dims, L2-normalised again (all of them when None)."""
         if self.instance_dims is None or self.instance_dims == (0, self.dim):
             return vectors
-        part = np.asarray(vectors, dtype=np.float32)[:, slice(*self.instance_dims)]
-        return (part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return normalise(np.asarray(vectors, dtype=np.float32)[:, slice(*self.instance_dims)])
 
     @classmethod
     def load(cls, path: Path) -> Projection:
@@ -79,6 +78,11 @@ class Projection:
         metadata = {"key": self.key} | ({"instance_dims": "%d:%d" % self.instance_dims} if self.instance_dims else {})
         save_file(tensors, str(path), metadata=metadata)
         return path
+
+
+def normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Row-wise L2 normalisation (zero rows stay zero): what follows a projection."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def fit_projection(

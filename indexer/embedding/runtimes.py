@@ -158,10 +158,9 @@ class OpenVinoRuntime:
             self._compiled, "encoder", lambda: _EncodeGraph(model), (torch.rand(2, 3, side, side),), [[-1, 3, -1, -1]]
         )
 
-    def _unet(self, with_noise: bool) -> Any:
+    def _unet(self, graph: str, with_noise: bool) -> Any:
         """Compiled on first use (a latent-only config never runs the U-Net): with the noise output,
         for DDIM inversion, or without it, for the feature pass."""
-        graph = ("unet-" if with_noise else "unet-blocks-") + ",".join(self.blocks)
         if graph not in self._graphs:
             channels = int(self.model.unet.config.in_channels)
             latent = torch.zeros(2, channels, self._side // self.model.downscale, self._side // self.model.downscale)
@@ -183,8 +182,8 @@ class OpenVinoRuntime:
     def unet(self, sample: torch.Tensor, timestep: int, with_noise: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         with_noise = with_noise or not self.blocks
         t = torch.full((sample.shape[0],), timestep, dtype=torch.long)
-        compiled = self._unet(with_noise)  # compiled first (on the OpenVINO thread), outside the inference call
-        graph = "unet" if with_noise else "unet-blocks"
+        graph = ("unet-" if with_noise else "unet-blocks-") + ",".join(self.blocks)
+        compiled = self._unet(graph, with_noise)  # compiled first (on the OpenVINO thread), outside the inference call
         tensors = self._on_thread(self._infer, graph, compiled, [sample.float().numpy(), t.numpy()])
         if not with_noise:
             return None, dict(zip(self.blocks, tensors, strict=True))

@@ -176,7 +176,7 @@ def train(
     projector = Projector(cfg.block_out_channels[-1], cfg.ssl_grid).to(device)
     scheduler = build_scheduler(cfg)
     alphas = scheduler.alphas_cumprod.to(device)
-    params = list(model.parameters()) + (list(head.parameters()) if hybrid else [])
+    params = model_params + (list(head.parameters()) if hybrid else [])
     params += list(projector.parameters()) if contrastive else []
     # fused: one kernel for the whole update on a GPU, where a small U-Net's step is bound by launches
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
