@@ -114,7 +114,7 @@ class Embedder:
             # OpenVINO has no bf16 emulation: without native bf16 (or below a oneDNN ISA cap) its
             # bf16 kernels fail to build, so a forced bf16 runs as fp32 there.
             dtype = self.dtype if self.dtype != "bfloat16" or cpu_has_native_bf16() else "float32"
-            return OpenVinoRuntime(self.model, self.config.blocks, dtype, threads, cache)
+            return OpenVinoRuntime(self.model, self.config.blocks, dtype, threads, cache, fixed_batches=(1, self.options.batch_size))
         return TorchRuntime(self.model, self.config.blocks, self.dtype, self.device)
 
     def _find_projection(self) -> Projection | None:

@@ -20,7 +20,7 @@ import os
 import signal
 import tempfile
 import warnings
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 
 # Bump when the traced graphs change shape or meaning: old cached graphs are then ignored.
 GRAPH_VERSION = 1
-# A U-Net input shape met this often gets graphs compiled for that shape alone. OpenVINO's kernels
-# for fixed shapes ran the whole U-Net 1.3x and its feature part 1.2x faster than the shape-generic
-# ones, at batch 1 and 32 alike, with bit-identical rows (measured; tested), and compile as fast
-# (0.2-0.6 s). A one-off shape (a lone query, a run's last batch) keeps the shared generic graph.
+# A U-Net input of a full batch or of one photo, met this often, gets graphs compiled for its shape
+# alone. OpenVINO's kernels for fixed shapes ran the whole U-Net 1.3x and its feature part 1.2x
+# faster than the shape-generic ones, at batch 1 and 32 alike, with bit-identical rows (measured;
+# tested), and compile as fast (0.2-0.6 s). Other sizes (a run's last batch, the server's
+# micro-batches of any size) keep the generic graph: no compile per size, no graphs piling up.
 FIXED_SHAPE_AFTER = 2
-FIXED_SHAPES_KEPT = 4  # per graph and model, the most recently used
 
 
 class Runtime(Protocol):
@@ -136,8 +136,16 @@ class OpenVinoRuntime:
     encoder_batch_invariant = True
 
     def __init__(
-        self, model: DiffusionModel, blocks: Sequence[str], dtype: str, threads: int, cache_dir: Path | None = None
+        self,
+        model: DiffusionModel,
+        blocks: Sequence[str],
+        dtype: str,
+        threads: int,
+        cache_dir: Path | None = None,
+        fixed_batches: Sequence[int] = (1,),
     ) -> None:
+        """`fixed_batches`: the batch sizes that may get U-Net graphs fixed to their shape (the
+        embedder's full batch, and one photo)."""
         import openvino as ov
 
         self.model = model
@@ -157,7 +165,8 @@ class OpenVinoRuntime:
         # written over freed memory and crashed the process. Threads OpenVINO starts inherit the mask.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openvino", initializer=_block_signals)
         # Compiled graphs are shared by every runtime of one model; requests are this runtime's own.
-        self._requests: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # graph -> (compiled, its request)
+        self._requests: dict[str, Any] = {}
+        self._fixed_batches = frozenset(fixed_batches)
         self._shapes_seen: Counter[tuple[str, tuple[int, ...]]] = Counter()
         side = 2 * model.min_image_multiple  # example inputs for tracing; every size runs
         self._side = side
@@ -189,9 +198,10 @@ class OpenVinoRuntime:
         with_noise = with_noise or not self.blocks
         t = torch.full((sample.shape[0],), timestep, dtype=torch.long)
         graph = ("unet-" if with_noise else "unet-blocks-") + ",".join(self.blocks)
-        shape = tuple(sample.shape)
-        self._shapes_seen[graph, shape] += 1
-        fixed = shape if self._shapes_seen[graph, shape] >= FIXED_SHAPE_AFTER else None
+        shape, fixed = tuple(sample.shape), None
+        if shape[0] in self._fixed_batches:
+            self._shapes_seen[graph, shape] += 1
+            fixed = shape if self._shapes_seen[graph, shape] >= FIXED_SHAPE_AFTER else None
         compiled = self._unet(graph, with_noise, fixed)  # compiled first (on the OpenVINO thread), outside the inference call
         request = graph if fixed is None else f"{graph}@{'x'.join(map(str, fixed))}"
         tensors = self._on_thread(self._infer, request, compiled, [sample.float().numpy(), t.numpy()])
@@ -203,12 +213,9 @@ class OpenVinoRuntime:
         """One inference on this runtime's own request for `graph` (on its thread: never two at once).
         A request keeps its buffers between calls: a new one per call allocated ~100 MB of
         activations each time and made batches 1.5-3x slower (measured)."""
-        made_from, request = self._requests.get(graph, (None, None))
-        if made_from is not compiled:  # new, or the memo compiled this shape's graph anew
-            self._requests[graph] = (compiled, request := compiled.create_infer_request())
-        self._requests.move_to_end(graph)
-        while len(self._requests) > 3 + 2 * FIXED_SHAPES_KEPT:  # the generic graphs' and the kept shapes'
-            self._requests.popitem(last=False)
+        request = self._requests.get(graph)
+        if request is None:
+            request = self._requests[graph] = compiled.create_infer_request()
         results = request.infer(inputs, share_inputs=False, share_outputs=False)
         return [torch.from_numpy(results[i]) for i in range(len(request.model_outputs))]
 
@@ -218,28 +225,18 @@ class OpenVinoRuntime:
     def _compiled(
         self, graph: str, build: Any, example: tuple[torch.Tensor, ...], shapes: list[list[int]], fixed: list[list[int]] | None = None
     ) -> Any:
-        """The graph compiled for any input shape, or for the `fixed` ones (the model's memo keeps the
-        FIXED_SHAPES_KEPT most recently used of those)."""
+        """The graph compiled for any input shape, or for the `fixed` ones, from the model's memo."""
         # The fingerprint is in the key: a model made from another by dataclasses.replace (a U-Net
         # swapped in) shares its memo dict, and must not get the other's graphs.
         generic = f"{self.model.fingerprint}/{graph}/{self._properties['INFERENCE_PRECISION_HINT']}/{self._properties['INFERENCE_NUM_THREADS']}"
-        memo = self.model.compiled
-        if fixed is None:
-            if generic not in memo:
-                memo[generic] = self._ov.Core().compile_model(self._source(generic, graph, build, example, shapes), "CPU", self._properties)
-            return memo[generic]
-        key = f"{generic}@{fixed}"
-        compiled = memo.get(key)
-        if compiled is None:
-            source = self._source(generic, graph, build, example, shapes).clone()
-            source.reshape({port: self._ov.PartialShape(shape) for port, shape in zip(source.inputs, fixed, strict=True)})
-            compiled = self._ov.Core().compile_model(source, "CPU", self._properties)
-        # Most recently used last; tolerant of another runtime of this model (its own thread) doing the same.
-        memo.pop(key, None)
-        memo[key] = compiled
-        for old in [k for k in list(memo) if k.startswith(f"{generic}@")][:-FIXED_SHAPES_KEPT]:
-            memo.pop(old, None)
-        return compiled
+        key = generic if fixed is None else f"{generic}@{fixed}"
+        if key not in self.model.compiled:
+            source = self._source(generic, graph, build, example, shapes)
+            if fixed is not None:
+                source = source.clone()
+                source.reshape({port: self._ov.PartialShape(shape) for port, shape in zip(source.inputs, fixed, strict=True)})
+            self.model.compiled[key] = self._ov.Core().compile_model(source, "CPU", self._properties)
+        return self.model.compiled[key]
 
     def _source(self, generic: str, graph: str, build: Any, example: tuple[torch.Tensor, ...], shapes: list[list[int]]) -> Any:
         """The graph (for any input shape) as read back from the cache folder, traced first if it is not there."""

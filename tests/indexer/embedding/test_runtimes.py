@@ -131,30 +131,28 @@ def test_the_feature_pass_leaves_out_the_up_path_and_reads_the_same_block(tmp_pa
     assert features < 0.6 * whole, weights  # the feature graph holds no up-block weights (measured: 18.8 MB)
 
 
-def test_a_shape_met_again_runs_on_graphs_fixed_to_it_and_gives_the_same_rows(tmp_path):
-    from indexer.embedding.runtimes import FIXED_SHAPES_KEPT, OpenVinoRuntime
+def test_full_batches_and_lone_photos_met_again_run_on_graphs_fixed_to_their_shape_with_the_same_rows(tmp_path):
+    from indexer.embedding.runtimes import OpenVinoRuntime
 
     model = load_model("default")
-    runtime = OpenVinoRuntime(model, ("mid",), "bfloat16", threads=2, cache_dir=tmp_path)
-    x = torch.randn(FIXED_SHAPES_KEPT + 2, 32, 16, 16, generator=torch.Generator().manual_seed(0))
+    runtime = OpenVinoRuntime(model, ("mid",), "bfloat16", threads=2, cache_dir=tmp_path, fixed_batches=(1, 4))
+    x = torch.randn(4, 32, 16, 16, generator=torch.Generator().manual_seed(0))
 
     def fixed_graphs(graph: str) -> list[str]:
         return [key for key in model.compiled if f"/{graph}/" in key and "@" in key]
 
     for graph, with_noise in (("unet-mid", True), ("unet-blocks-mid", False)):
-        generic = runtime.unet(x[:4], 50, with_noise=with_noise)
+        generic = runtime.unet(x, 50, with_noise=with_noise)
         assert fixed_graphs(graph) == []
-        fixed = runtime.unet(x[:4], 50, with_noise=with_noise)  # met again: compiled for (4, 32, 16, 16)
+        fixed = runtime.unet(x, 50, with_noise=with_noise)  # met again: compiled for (4, 32, 16, 16)
         assert len(fixed_graphs(graph)) == 1 and str([4, 32, 16, 16]) in fixed_graphs(graph)[0]
         if with_noise:
             assert generic[0] is not None and fixed[0] is not None and torch.equal(generic[0], fixed[0])
         assert torch.equal(generic[1]["mid"], fixed[1]["mid"])  # bit-identical, not just close
         runtime.unet(x[:1], 50, with_noise=with_noise)
-        alone = runtime.unet(x[:1], 50, with_noise=with_noise)  # a batch of one, on its own fixed graph
+        alone = runtime.unet(x[:1], 50, with_noise=with_noise)  # one photo, on its own fixed graph
+        assert len(fixed_graphs(graph)) == 2
         assert torch.equal(alone[1]["mid"][0], generic[1]["mid"][0])
-    for size in range(1, len(x) + 1):  # more shapes than are kept
-        for _ in range(2):
-            runtime.unet(x[:size], 50, with_noise=False)
-    features = fixed_graphs("unet-blocks-mid")
-    assert len(features) == FIXED_SHAPES_KEPT and str([len(x), 32, 16, 16]) in features[-1]
-    assert len(runtime._requests) <= 3 + 2 * FIXED_SHAPES_KEPT
+        for _ in range(3):  # any other size (a last batch, a server's micro-batch) stays generic
+            rest = runtime.unet(x[:3], 50, with_noise=with_noise)
+        assert len(fixed_graphs(graph)) == 2 and torch.equal(rest[1]["mid"], generic[1]["mid"][:3])
