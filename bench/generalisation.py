@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--candidate", type=Path)
     parser.add_argument("--candidate-name", default="new default", help="how the candidate's rows are named")
     parser.add_argument("--previous", default="default", help="the last release's model folder")
+    parser.add_argument("--previous-blocks", default="mid", help="the blocks the last release embedded with (comma-separated)")
     parser.add_argument("--fit-list", type=Path, default=ROOT / "runs" / "ssl" / "photos.txt")
     parser.add_argument("--per-class", type=int, default=20, help="Tiny ImageNet val photos per seen class")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generalisation.json")
@@ -70,7 +71,7 @@ def main() -> None:
     fit = fit_all[:: max(1, len(fit_all) // 1500)][:1500]
     previous = load_model(args.previous)
     chosen = EmbeddingConfig()
-    released = EmbeddingConfig(blocks=("mid",))  # how the last release embedded: its mid block alone
+    released = EmbeddingConfig(blocks=tuple(args.previous_blocks.split(",")))  # how the last release embedded
     whiten = {"whiten": True}
     variants = [
         Variant("colour histogram 8x8x8"),

@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="the model measured as 'default' (a name or folder; e.g. a candidate before it ships)")
     parser.add_argument("--config", default="{}", help="the default row's embedding settings as JSON over the defaults")
     parser.add_argument("--previous", type=Path, help="the last release's model folder, to compare with the shipped default")
+    parser.add_argument("--previous-blocks", default="mid", help="the blocks the last release embedded with (comma-separated)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "near-duplicates.json")
     args = parser.parse_args()
     gallery = LabelledSet.from_list(SPLITS / "test.txt", CALTECH).paths
@@ -199,8 +200,8 @@ def main() -> None:
     query_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed)
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     models = {"default (as indexed)": (shipped, EmbeddingConfig.from_dict(json.loads(args.config)))}
-    if args.previous:  # as it was released: its mid block alone, t=50, one inversion step
-        models["last release's default (as indexed)"] = (load_model(str(args.previous)), EmbeddingConfig(blocks=("mid",)))
+    if args.previous:  # as it was released: its blocks, t=50, one inversion step
+        models["last release's default (as indexed)"] = (load_model(str(args.previous)), EmbeddingConfig(blocks=tuple(args.previous_blocks.split(","))))
     for name, (model, config) in models.items():
         if model.encoder_fingerprint == shipped.encoder_fingerprint:
             rows[name] = (vectors(model, config, gallery_x0), vectors(model, config, query_x0))
