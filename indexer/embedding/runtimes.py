@@ -21,7 +21,7 @@ import signal
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -165,7 +165,8 @@ class OpenVinoRuntime:
         # written over freed memory and crashed the process. Threads OpenVINO starts inherit the mask.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openvino", initializer=_block_signals)
         # Compiled graphs are shared by every runtime of one model; requests are this runtime's own.
-        self._requests: dict[str, Any] = {}
+        self._graphs: dict[tuple[str, tuple[int, ...] | None], Any] = {}  # (graph, fixed shape) -> compiled
+        self._requests: dict[Hashable, Any] = {}  # keyed like the graphs: "encoder", or (graph, fixed shape)
         self._fixed_batches = frozenset(fixed_batches)
         self._shapes_seen: Counter[tuple[str, tuple[int, ...]]] = Counter()
         side = 2 * model.min_image_multiple  # example inputs for tracing; every size runs
@@ -177,16 +178,18 @@ class OpenVinoRuntime:
     def _unet(self, graph: str, with_noise: bool, shape: tuple[int, ...] | None) -> Any:
         """Compiled on first use (a latent-only config never runs the U-Net): with the noise output,
         for DDIM inversion, or without it, for the feature pass; for any input shape, or for `shape`."""
-        channels = int(self.model.unet.config.in_channels)
-        latent = torch.zeros(2, channels, self._side // self.model.downscale, self._side // self.model.downscale)
-        return self._on_thread(
-            self._compiled,
-            graph,
-            lambda: _UNetGraph(self.model, self.blocks, with_noise),
-            (latent, torch.zeros(2, dtype=torch.long)),
-            [[-1, channels, -1, -1], [-1]],
-            None if shape is None else [list(shape), [shape[0]]],
-        )
+        if (graph, shape) not in self._graphs:
+            channels = int(self.model.unet.config.in_channels)
+            latent = torch.zeros(2, channels, self._side // self.model.downscale, self._side // self.model.downscale)
+            self._graphs[graph, shape] = self._on_thread(
+                self._compiled,
+                graph,
+                lambda: _UNetGraph(self.model, self.blocks, with_noise),
+                (latent, torch.zeros(2, dtype=torch.long)),
+                [[-1, channels, -1, -1], [-1]],
+                None if shape is None else [list(shape), [shape[0]]],
+            )
+        return self._graphs[graph, shape]
 
     def session(self) -> Any:
         return nullcontext()
@@ -203,13 +206,12 @@ class OpenVinoRuntime:
             self._shapes_seen[graph, shape] += 1
             fixed = shape if self._shapes_seen[graph, shape] >= FIXED_SHAPE_AFTER else None
         compiled = self._unet(graph, with_noise, fixed)  # compiled first (on the OpenVINO thread), outside the inference call
-        request = graph if fixed is None else f"{graph}@{'x'.join(map(str, fixed))}"
-        tensors = self._on_thread(self._infer, request, compiled, [sample.float().numpy(), t.numpy()])
+        tensors = self._on_thread(self._infer, (graph, fixed), compiled, [sample.float().numpy(), t.numpy()])
         if not with_noise:
             return None, dict(zip(self.blocks, tensors, strict=True))
         return tensors[0], dict(zip(self.blocks, tensors[1:], strict=True))
 
-    def _infer(self, graph: str, compiled: Any, inputs: list[Any]) -> list[torch.Tensor]:
+    def _infer(self, graph: Hashable, compiled: Any, inputs: list[Any]) -> list[torch.Tensor]:
         """One inference on this runtime's own request for `graph` (on its thread: never two at once).
         A request keeps its buffers between calls: a new one per call allocated ~100 MB of
         activations each time and made batches 1.5-3x slower (measured)."""
