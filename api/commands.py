@@ -28,6 +28,7 @@ def query(
     k: Annotated[int, typer.Option("-k", help="How many results")] = 10,
     max_distance: Annotated[Optional[float], typer.Option(help="Drop results farther than this")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
+    mirror: Annotated[Optional[bool], typer.Option("--mirror/--no-mirror", help="Also search as the left-right mirror, to find mirrored copies [env DIFFSEARCH_MIRROR_QUERIES; default on]")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     device: DeviceOpt = None,
@@ -36,9 +37,10 @@ def query(
     """Find the photos most similar to IMAGE."""
     from searcher.searcher import Searcher
 
-    settings = load_settings(index_dir=index_dir, database=database, device=device)
+    settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror)
     try:
-        results = Searcher(settings.location, settings.runtime_options()).query(image, k, max_distance, path_prefix)
+        searcher = Searcher(settings.location, settings.runtime_options(), mirror=settings.mirror_queries)
+        results = searcher.query(image, k, max_distance, path_prefix)
     except DiffsearchError as exc:
         fail(exc)
         return

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -33,9 +34,15 @@ class Searcher:
     """Read-only access to an index; safe to share between threads; sees a running indexer's checkpoints."""
 
     def __init__(
-        self, location: str | os.PathLike, options: RuntimeOptions | None = None, model: DiffusionModel | None = None
+        self,
+        location: str | os.PathLike,
+        options: RuntimeOptions | None = None,
+        model: DiffusionModel | None = None,
+        mirror: bool = True,
     ) -> None:
-        """`location`: an index folder, or the postgresql:// URL of a Postgres index."""
+        """`location`: an index folder, or the postgresql:// URL of a Postgres index. `mirror`: whether
+        a query image also searches as its left-right mirror by default (see `query`)."""
+        self.mirror = mirror
         self.index = PhotoIndex.open(location)
         settings = self.index.settings
         self.embedder = Embedder(settings.embedding, options or RuntimeOptions(workers=0), model=model)
@@ -75,27 +82,45 @@ class Searcher:
         if problem:
             raise IndexCorruptError(problem)
 
-    def embed(self, images: Sequence[ImageInput]) -> npt.NDArray[np.float32]:
+    def embed(self, images: Sequence[ImageInput], mirrored: bool = False) -> npt.NDArray[np.float32]:
         """Decode here (in the caller's thread, in parallel with other callers), then embed: through
         the shared batching queue when it runs, else one model call at a time (concurrent torch
-        calls on a few cores only thrash each other)."""
+        calls on a few cores only thrash each other). `mirrored`: each image's row is followed by
+        its left-right mirror's."""
+        copies = 2 if mirrored else 1
         if self.queue is None:
+            pixels = self._prepare(images, mirrored)
             with self._model_lock:
-                return self.embedder.embed(images)
+                return self.embedder.embed_pixels(torch.stack(pixels)) if pixels else self.embedder.embed([])
         queue = self.queue
-        queue.expect(len(images))  # the embedding worker waits for these while they decode
+        queue.expect(copies * len(images))  # the embedding worker waits for these while they decode
         try:
-            pixels = [self.embedder.prepare(image) for image in images]
+            pixels = self._prepare(images, mirrored)
         except BaseException:
-            queue.expect(-len(images))
+            queue.expect(-copies * len(images))
             raise
         return queue.embed(pixels, expected=True)
 
+    def _prepare(self, images: Sequence[ImageInput], mirrored: bool) -> list[torch.Tensor]:
+        if not mirrored:
+            return [self.embedder.prepare(image) for image in images]
+        return [p for image in images for p in self.embedder.prepare_with_mirror(image)]
+
     def query(
-        self, image: ImageInput, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None
+        self,
+        image: ImageInput,
+        k: int = 10,
+        max_distance: float | None = None,
+        path_prefix: str | None = None,
+        mirror: bool | None = None,
     ) -> list[SearchResult]:
-        """The k nearest indexed photos to `image` (a path, bytes, file object, PIL image or array)."""
-        return self.query_batch([image], k, max_distance, path_prefix)[0]
+        """The k nearest indexed photos to `image` (a path, bytes, file object, PIL image or array).
+
+        With `mirror` (default: the searcher's setting, on unless turned off) the image and its
+        left-right mirror both search, and each photo comes at the nearer of its two distances: a
+        mirrored copy is found as readily as an exact one (bench/near_duplicates.py: the flip edit's
+        recall@1 0.920 -> 1.000, overall 0.953 -> 0.959), for a second embedding per query."""
+        return self.query_batch([image], k, max_distance, path_prefix, mirror)[0]
 
     def query_batch(
         self,
@@ -103,8 +128,13 @@ class Searcher:
         k: int = 10,
         max_distance: float | None = None,
         path_prefix: str | None = None,
+        mirror: bool | None = None,
     ) -> list[list[SearchResult]]:
-        return self.query_vectors(self.embed(images), k, max_distance, path_prefix)
+        mirror = self.mirror if mirror is None else mirror
+        found = self.query_vectors(self.embed(images, mirrored=mirror), k, max_distance, path_prefix)
+        if not mirror:
+            return found
+        return [_nearer_of(found[i], found[i + 1], k) for i in range(0, len(found), 2)]
 
     def query_id(
         self, photo_id: int, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None
@@ -184,6 +214,15 @@ class Searcher:
     def close(self) -> None:
         self.stop_batching()
         self.index.close()
+
+
+def _nearer_of(first: list[SearchResult], second: list[SearchResult], k: int) -> list[SearchResult]:
+    """Two result lists as one: each photo once, at its smaller distance, nearest first."""
+    best: dict[int, SearchResult] = {}
+    for result in first + second:
+        if result.id not in best or result.distance < best[result.id].distance:
+            best[result.id] = result
+    return sorted(best.values(), key=lambda r: r.distance)[:k]
 
 
 def _normalise_prefix(prefix: str | None) -> str | None:

@@ -16,6 +16,9 @@ router = APIRouter(prefix="/search", tags=["search"])
 K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results")]
 MaxDistance = Annotated[float | None, Query(ge=0, le=2, description="Drop results farther than this")]
 PathPrefix = Annotated[str | None, Query(max_length=4096, description="Only photos under this folder")]
+Mirror = Annotated[
+    bool | None, Query(description="Also search as the left-right mirror, so mirrored copies are found (default: the server's setting, on)")
+]
 ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 
 
@@ -41,9 +44,10 @@ async def search_upload(
     k: K = 10,
     max_distance: MaxDistance = None,
     path_prefix: PathPrefix = None,
+    mirror: Mirror = None,
 ) -> SearchResponse:
     data = await read_limited(file, int(settings.max_upload_mb * 2**20))
-    results = await run_in_threadpool(searcher.query, data, k, max_distance, path_prefix)
+    results = await run_in_threadpool(searcher.query, data, k, max_distance, path_prefix, mirror)
     return SearchResponse(data=results, count=len(results))
 
 

@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler
 from indexer.embedding.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
 from indexer.embedding.features import pool
-from indexer.images import ImageInput, prepare
+from indexer.images import ImageInput, prepare, prepare_with_mirror
 from indexer.embedding.inversion import invert
 from indexer.embedding.model import DiffusionModel, load_model
 from indexer.embedding.projection import Projection, normalise
@@ -160,6 +160,10 @@ class Embedder:
     def prepare(self, image: ImageInput) -> torch.Tensor:
         """Decode, EXIF-transpose and crop one image to (3, S, S); raises InvalidImageError."""
         return prepare(image, self.config.image_size, self.config.trim_borders)
+
+    def prepare_with_mirror(self, image: ImageInput) -> torch.Tensor:
+        """(2, 3, S, S): `prepare` of the image and of its left-right mirror, from one decode."""
+        return prepare_with_mirror(image, self.config.image_size, self.config.trim_borders)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""

@@ -110,6 +110,29 @@ def test_http_cli_and_python_agree(client, searcher, sample_index, sample_photos
     assert python_ids == http_ids == cli_ids
 
 
+def test_a_mirrored_upload_finds_its_original_unless_mirror_is_off_everywhere(client, searcher, sample_index, sample_photos):
+    import io
+
+    from PIL import Image
+
+    original = sample_photos[40]
+    buffer = io.BytesIO()
+    Image.open(original).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buffer, format="PNG")
+    found = upload(client, buffer.getvalue(), name="q.png", k=3).json()["data"]
+    assert found[0]["path"] == str(original) and found[0]["distance"] < 0.1
+    plain = upload(client, buffer.getvalue(), name="q.png", k=3, mirror="false").json()["data"]
+    assert plain[0]["distance"] > found[0]["distance"] + 0.1  # not flip-invariant on its own
+    assert [r.id for r in searcher.query(buffer.getvalue(), k=3, mirror=False)] == [r["id"] for r in plain]
+    mirrored_file = sample_index.parent / "mirrored-query.png"
+    mirrored_file.write_bytes(buffer.getvalue())
+    for flags, env, expected in ((["--no-mirror"], {}, plain), ([], {"DIFFSEARCH_MIRROR_QUERIES": "0"}, plain), ([], {}, found)):
+        cli = subprocess.run(
+            [sys.executable, "-m", "api", "query", str(mirrored_file), "-k", "3", "--json", "--index", str(sample_index), *flags],
+            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
+        )  # fmt: skip
+        assert [r["id"] for r in json.loads(cli.stdout)["data"]] == [r["id"] for r in expected], (flags, env)
+
+
 def test_stats_and_dedup_cli(sample_index):
     run = lambda *a: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "api", *a, "--index", str(sample_index)],

@@ -23,12 +23,29 @@ def test_a_photo_finds_itself_first_at_distance_zero(searcher, sample_photos):
 
 
 def test_results_are_the_exact_euclidean_neighbours(searcher, sample_photos):
-    query = searcher.embed([sample_photos[0]])[0]
+    query, mirrored = searcher.embed([sample_photos[0]], mirrored=True)
+    assert np.allclose(query, searcher.embed([sample_photos[0]])[0], atol=1e-6)
     store = searcher._fresh_vectors()
     ids = store.ids()
     all_vectors = np.vstack([store.reconstruct(int(i)) for i in ids])
-    brute = ids[np.argsort(np.linalg.norm(all_vectors - query, axis=1))[:10]]
-    assert [r.id for r in searcher.query(sample_photos[0], k=10)] == brute.tolist()
+    plain = np.linalg.norm(all_vectors - query, axis=1)
+    brute = ids[np.argsort(plain)[:10]]
+    assert [r.id for r in searcher.query(sample_photos[0], k=10, mirror=False)] == brute.tolist()
+    # By default the query also searches as its mirror: each photo at the nearer of the two distances.
+    nearer = np.minimum(plain, np.linalg.norm(all_vectors - mirrored, axis=1))
+    found = searcher.query(sample_photos[0], k=10)
+    assert [r.id for r in found] == ids[np.argsort(nearer)[:10]].tolist()
+    assert [r.distance for r in found] == pytest.approx(np.sort(nearer)[:10].tolist(), abs=1e-4)
+
+
+def test_a_mirrored_copy_finds_its_original_first(searcher, sample_photos):
+    for path in sample_photos[3::16]:
+        mirrored = Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        found = searcher.query(mirrored, k=3)
+        assert found[0].path == str(path) and found[0].distance < 0.1, (path, found[0])
+        # Without the mirror the original is much further away: the features are not flip-invariant.
+        plain = {r.path: r.distance for r in searcher.query(mirrored, k=64, mirror=False)}
+        assert plain[str(path)] > 2 * found[0].distance + 0.1
 
 
 def test_every_input_kind_gives_the_same_results(searcher, sample_photos):
