@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import ImageOps  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -54,9 +55,9 @@ CACHE = ROOT / "runs" / "eval-cache"
 
 
 class EditedQueries(Dataset):
-    def __init__(self, photos: list[Path], size: int, seed: int) -> None:
+    def __init__(self, photos: list[Path], size: int, seed: int, mirror: bool = False) -> None:
         self.items = [(i, name) for i in range(len(photos)) for name in EDITS]
-        self.photos, self.size, self.seed = photos, size, seed
+        self.photos, self.size, self.seed, self.mirror = photos, size, seed, mirror
 
     def __len__(self) -> int:
         return len(self.items)
@@ -65,7 +66,9 @@ class EditedQueries(Dataset):
         i, name = self.items[k]
         image, _ = load_image(self.photos[i])
         rng = np.random.default_rng([self.seed, i, list(EDITS).index(name)])
-        return to_tensor([crop_for_embedding(EDITS[name](image, rng), self.size)])[0], k
+        query = EDITS[name](image, rng)
+        query = ImageOps.mirror(query) if self.mirror else query  # mirrored before the crop, as the searcher does
+        return to_tensor([crop_for_embedding(query, self.size)])[0], k
 
 
 def edited(photos: list[Path], seed: int) -> list:
@@ -78,10 +81,11 @@ def edited(photos: list[Path], seed: int) -> list:
     return out
 
 
-def encode_queries(model: DiffusionModel, photos: list[Path], seed: int) -> torch.Tensor:
+def encode_queries(model: DiffusionModel, photos: list[Path], seed: int, mirror: bool = False) -> torch.Tensor:
     embedder = Embedder(EmbeddingConfig(blocks=("latent",), projection=False), RuntimeOptions(device="cpu"), model=model)
-    loader = DataLoader(EditedQueries(photos, 128, seed), batch_size=32, num_workers=2)
-    return torch.cat([embedder.encode(pixels) for pixels, _ in tqdm(loader, desc="encoding edited queries", unit="batch")])
+    loader = DataLoader(EditedQueries(photos, 128, seed, mirror), batch_size=32, num_workers=2)
+    desc = "encoding mirrored edited queries" if mirror else "encoding edited queries"
+    return torch.cat([embedder.encode(pixels) for pixels, _ in tqdm(loader, desc=desc, unit="batch")])
 
 
 def embedder_for(model: DiffusionModel, config: EmbeddingConfig) -> Embedder:
@@ -215,12 +219,27 @@ def main() -> None:
     for name, config in (("latent only, same pooling", EmbeddingConfig(blocks=("latent",), projection=False)),
                          ("latent only, 4x4 grid", EmbeddingConfig(blocks=("latent",), grid=4, gap=False, projection=False))):  # fmt: skip
         rows[name] = (vectors(shipped, config, gallery_x0), vectors(shipped, config, query_x0))
+    # As `Searcher.query` searches by default: the query and its left-right mirror, each photo at
+    # the nearer of its two distances; the latent alone searched the same way, for a fair comparison.
+    mirrored_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed, mirror=True)
+    latent_config = EmbeddingConfig(blocks=("latent",), projection=False)
+    searched = {"default, as searched (query + mirror)": ("default (as indexed)", models["default (as indexed)"][1]),
+                "latent only, same pooling, query + mirror": ("latent only, same pooling", latent_config)}  # fmt: skip
+
+    def scores(d: np.ndarray) -> dict[str, dict]:
+        hits = recall(d, originals, canonical)
+        return {"per_edit": {e: {k: float(v[edit_names == e].mean()) for k, v in hits.items()} for e in EDITS},
+                "overall": {k: float(v.mean()) for k, v in hits.items()}}  # fmt: skip
+
     results: dict[str, dict] = {}
     for name, (g, q) in rows.items():
         d = np.sqrt(np.maximum(2 - 2 * q @ g.T, 0))
-        hits = recall(d, originals, canonical)
-        results[name] = {"per_edit": {e: {k: float(v[edit_names == e].mean()) for k, v in hits.items()} for e in EDITS},
-                         "overall": {k: float(v.mean()) for k, v in hits.items()}, "dedup": calibrate(d, originals, canonical)}  # fmt: skip
+        for searched_name, (row, config) in searched.items():
+            if row == name:
+                m = vectors(shipped, config, mirrored_x0)
+                d_searched = np.minimum(d, np.sqrt(np.maximum(2 - 2 * m @ g.T, 0)))
+                results[searched_name] = scores(d_searched) | {"dedup": calibrate(d_searched, originals, canonical)}
+        results[name] = scores(d) | {"dedup": calibrate(d, originals, canonical)}
     try:
         import imagehash
 
@@ -228,9 +247,7 @@ def main() -> None:
         hash_q = np.array([imagehash.phash(im).hash.flatten() for im in edited([gallery[i] for i in picked], args.seed)])
         d = (hash_q[:, None, :] != hash_g[None, :, :]).sum(axis=2).astype(np.float32)
         d += np.arange(len(gallery))[None, :] * 1e-6  # ties: the lower index first, as for the others
-        hits = recall(d, originals, canonical)
-        results["PHash (64-bit, Hamming)"] = {"per_edit": {e: {k: float(v[edit_names == e].mean()) for k, v in hits.items()} for e in EDITS},
-                                              "overall": {k: float(v.mean()) for k, v in hits.items()}}  # fmt: skip
+        results["PHash (64-bit, Hamming)"] = scores(d)
     except ImportError:
         print("imagehash not installed: no PHash row (pip install -e '.[bench]')")
     names = list(results)

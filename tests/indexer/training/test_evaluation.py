@@ -27,6 +27,18 @@ def test_retrieval_metrics_match_a_hand_computed_example():
     assert m["mAP"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1) / 4)  # one relevant photo per query
 
 
+def test_mirrored_queries_rank_each_photo_at_the_nearer_of_two_distances():
+    # Same points; each query's mirror sits at -x. q3 (3.0) mirrored is -3.0: nothing nearer than before.
+    vectors = np.array([[0.0], [1.0], [1.5], [3.0]], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1])
+    mirrored = np.array([[0.0], [-1.0], [-1.5], [-3.0]], dtype=np.float32)
+    assert retrieval_metrics(vectors, labels, ks=(1, 2), mirrored=mirrored) == retrieval_metrics(vectors, labels, ks=(1, 2))
+    # q2 (1.5, b) ranked 1(a) first; its mirror at 2.9 is 0.1 from photo 3 (b), which now comes first.
+    mirrored = np.array([[0.0], [-1.0], [2.9], [-3.0]], dtype=np.float32)
+    m = retrieval_metrics(vectors, labels, ks=(1,), mirrored=mirrored)
+    assert m["P@1"] == pytest.approx((1 + 0 + 1 + 1) / 4)
+
+
 def test_ablation_rows_put_the_chosen_config_last(default_model):
     fused = EmbeddingConfig(blocks=("latent", "mid"))
     rows = ablation(fused, default_model, with_256=False)
@@ -91,3 +103,28 @@ def test_random_unet_row_never_shares_the_trained_models_compiled_graphs(default
     assert np.abs(after - before).max() < 1e-5
     assert np.abs(random_vectors - before).max() > 0.1
     assert random_unet_model(trained).fingerprint == random.fingerprint  # seeded: the same weights again
+
+
+def test_cached_latents_are_reused_only_by_the_same_encode_path(default_model, sample_photos, tmp_path, monkeypatch):
+    import torch
+    from PIL import ImageOps
+
+    from indexer.embedding.embedder import Embedder
+    from indexer.images import crop_for_embedding, load_image, to_tensor
+    from indexer.training import evaluation
+
+    photos = sample_photos[:3]
+    first = evaluation.encode_set(default_model, photos, 128, tmp_path, workers=0)
+    assert len(list(tmp_path.glob("encoded-*.pt"))) == 1
+    again = evaluation.encode_set(default_model, photos, 128, tmp_path, workers=0)
+    assert torch.equal(first.x0, again.x0) and len(list(tmp_path.glob("encoded-*.pt"))) == 1
+    # The mirrored set is its own entry, and is the mirror cropped as the searcher crops it.
+    mirrored = evaluation.encode_set(default_model, photos, 128, tmp_path, workers=0, mirror=True)
+    assert len(list(tmp_path.glob("encoded-*.pt"))) == 2
+    embedder = Embedder(EmbeddingConfig(blocks=("latent",), projection=False), model=default_model)
+    expected = embedder.encode(to_tensor([crop_for_embedding(ImageOps.mirror(load_image(p)[0]), 128) for p in photos]))
+    assert torch.allclose(mirrored.x0, expected.half().float(), atol=1e-3)
+    # An encode path that gives other latents (here: the same with a different probe result) misses.
+    monkeypatch.setattr(evaluation, "encode_probe", lambda embedder, size: "another encode path")
+    evaluation.encode_set(default_model, photos, 128, tmp_path, workers=0)
+    assert len(list(tmp_path.glob("encoded-*.pt"))) == 3
