@@ -24,11 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig  # noqa: E402
 from indexer.training.evaluation import LabelledSet, Variant, evaluate, markdown_table, random_unet_model  # noqa: E402
 from indexer.embedding.model import load_model  # noqa: E402
 from scripts.train_default_model import caltech_held_out, tiny_wnids  # noqa: E402
+from searcher.searcher import MIRROR_MAX_DISTANCE  # noqa: E402
 
 BASE = "latent only, same pipeline (no U-Net)"
 
@@ -89,8 +92,14 @@ def main() -> None:
         name = args.candidate_name
         configs = {"mid block alone": chosen.replace(blocks=("mid",)), "latent + mid": chosen.replace(blocks=("latent", "mid"))}
         variants += [Variant(f"{name}, {label}, whitened here", config, candidate, **whiten) for label, config in configs.items()]
-        variants += [Variant(f"{name}, {label}, as indexed", config, candidate, as_indexed=True) for label, config in configs.items()
-                     if config.replace(projection=False).fingerprint(candidate.fingerprint) in candidate.projections]  # fmt: skip
+        indexed = [(label, config) for label, config in configs.items() if config.replace(projection=False).fingerprint(candidate.fingerprint) in candidate.projections]
+        variants += [Variant(f"{name}, {label}, as indexed", config, candidate, as_indexed=True) for label, config in indexed]
+        # As `Searcher.query` searches by default (the query and its mirror), beside the latent alone searched so.
+        variants += [Variant(f"{name}, {label}, as searched (+ mirror within {MIRROR_MAX_DISTANCE})", config, candidate, as_indexed=True,
+                             mirror_within=MIRROR_MAX_DISTANCE) for label, config in indexed if config == chosen]  # fmt: skip
+        variants += [Variant(f"{name}, {label}, + mirror at any distance", config, candidate, as_indexed=True, mirror_within=np.inf)
+                     for label, config in indexed if config == chosen]  # fmt: skip
+        variants.append(dataclasses.replace(variants[1], name=f"{BASE}, + mirror within {MIRROR_MAX_DISTANCE}", mirror_within=MIRROR_MAX_DISTANCE))
     report = {}
     for name, labelled in sets.items():
         results = evaluate(variants, labelled, fit, ROOT / "runs" / "eval-cache")

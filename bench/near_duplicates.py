@@ -50,6 +50,7 @@ from indexer.images import crop_for_embedding, load_image, to_tensor  # noqa: E4
 from indexer.embedding.model import DiffusionModel, load_model  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
 from searcher.dedup import DedupRule, duplicate_groups  # noqa: E402
+from searcher.searcher import MIRROR_MAX_DISTANCE  # noqa: E402
 
 CACHE = ROOT / "runs" / "eval-cache"
 
@@ -219,12 +220,13 @@ def main() -> None:
     for name, config in (("latent only, same pooling", EmbeddingConfig(blocks=("latent",), projection=False)),
                          ("latent only, 4x4 grid", EmbeddingConfig(blocks=("latent",), grid=4, gap=False, projection=False))):  # fmt: skip
         rows[name] = (vectors(shipped, config, gallery_x0), vectors(shipped, config, query_x0))
-    # As `Searcher.query` searches by default: the query and its left-right mirror, each photo at
-    # the nearer of its two distances; the latent alone searched the same way, for a fair comparison.
+    # As `Searcher.query` searches by default: the query's left-right mirror searches too, and a
+    # photo it finds within MIRROR_MAX_DISTANCE comes at the nearer of its two distances; the latent
+    # alone searched the same way, for a fair comparison.
     mirrored_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed, mirror=True)
     latent_config = EmbeddingConfig(blocks=("latent",), projection=False)
-    searched = {"default, as searched (query + mirror)": ("default (as indexed)", models["default (as indexed)"][1]),
-                "latent only, same pooling, query + mirror": ("latent only, same pooling", latent_config)}  # fmt: skip
+    searched = {"default, as searched (+ mirror)": ("default (as indexed)", models["default (as indexed)"][1]),
+                "latent only, same pooling, + mirror": ("latent only, same pooling", latent_config)}  # fmt: skip
 
     def scores(d: np.ndarray) -> dict[str, dict]:
         hits = recall(d, originals, canonical)
@@ -237,7 +239,8 @@ def main() -> None:
         for searched_name, (row, config) in searched.items():
             if row == name:
                 m = vectors(shipped, config, mirrored_x0)
-                d_searched = np.minimum(d, np.sqrt(np.maximum(2 - 2 * m @ g.T, 0)))
+                by_mirror = np.sqrt(np.maximum(2 - 2 * m @ g.T, 0))
+                d_searched = np.where(by_mirror <= MIRROR_MAX_DISTANCE, np.minimum(d, by_mirror), d)
                 results[searched_name] = scores(d_searched) | {"dedup": calibrate(d_searched, originals, canonical)}
         results[name] = scores(d) | {"dedup": calibrate(d, originals, canonical)}
     try:

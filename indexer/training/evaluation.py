@@ -84,17 +84,19 @@ def retrieval_metrics(
     labels: npt.NDArray[np.int64],
     ks: Sequence[int] = (1, 10),
     mirrored: npt.NDArray[np.float32] | None = None,
+    mirror_within: float = np.inf,
 ) -> dict[str, float]:
     """Mean over queries of precision@k, recall@k (a hit in the top k) and average precision.
 
-    `mirrored`: each query's left-right mirror's vector; a photo then ranks at the nearer of its
-    distances to the query and to the mirror, as `Searcher.query` searches by default."""
+    `mirrored`: each query's left-right mirror's vector; a photo the mirror finds within
+    `mirror_within` then ranks at the nearer of its two distances, as `Searcher.query` searches."""
     x = np.asarray(vectors, dtype=np.float32)
     sq = (x * x).sum(1)
     dist = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
     if mirrored is not None:
         m = np.asarray(mirrored, dtype=np.float32)
-        dist = np.minimum(dist, (m * m).sum(1)[:, None] + sq[None, :] - 2.0 * (m @ x.T))
+        by_mirror = (m * m).sum(1)[:, None] + sq[None, :] - 2.0 * (m @ x.T)  # squared, as `dist`
+        dist = np.where(by_mirror <= mirror_within**2, np.minimum(dist, by_mirror), dist)
     np.fill_diagonal(dist, np.inf)
     order = np.argsort(dist, axis=1, kind="stable")[:, :-1]  # the query itself sorts last
     relevant = labels[order] == labels[:, None]
@@ -201,7 +203,9 @@ class Variant:
     whiten_dim: int = 256
     whiten_shrinkage: float = 5.0  # measured on val: 0.1 (near-plain whitening) hurt P@10 and mAP
     as_indexed: bool = False  # the Embedder exactly as `index` runs it: the model's bundled projection, no refit
-    mirror_queries: bool = False  # queries also search as their left-right mirror, as `Searcher.query` does
+    # Queries also search as their left-right mirror, counting what it finds within this distance
+    # (`Searcher.query` with searcher.searcher.MIRROR_MAX_DISTANCE); None: no mirror.
+    mirror_within: float | None = None
     note: str = ""
 
 
@@ -256,11 +260,11 @@ def evaluate(
             fitted[key] = encode_set(model, fit_paths, size, cache_dir, workers, trim)
         vectors = variant_vectors(variant, encoded[key], fitted.get(key))
         mirrored = None
-        if variant.mirror_queries:
+        if variant.mirror_within is not None:
             if (*key, "mirror") not in encoded:
                 encoded[*key, "mirror"] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, mirror=True)
             mirrored = variant_vectors(variant, encoded[*key, "mirror"], fitted.get(key))
-        metrics = retrieval_metrics(vectors, labelled.labels, mirrored=mirrored)
+        metrics = retrieval_metrics(vectors, labelled.labels, mirrored=mirrored, mirror_within=variant.mirror_within or np.inf)
         log.info("%s: %s", variant.name, {k: round(v, 4) for k, v in metrics.items()})
         results.append(EvalResult(variant.name, metrics, int(vectors.shape[1]), variant.note))
     return results

@@ -6,7 +6,7 @@ from PIL import Image
 
 from indexer.errors import ConfigError, IndexMismatchError, IndexNotFoundError, InvalidImageError
 from searcher.dedup import DedupRule, find_duplicates
-from searcher.searcher import Searcher
+from searcher.searcher import MIRROR_MAX_DISTANCE, Searcher
 from tests.conftest import SAMPLES
 
 
@@ -31,8 +31,11 @@ def test_results_are_the_exact_euclidean_neighbours(searcher, sample_photos):
     plain = np.linalg.norm(all_vectors - query, axis=1)
     brute = ids[np.argsort(plain)[:10]]
     assert [r.id for r in searcher.query(sample_photos[0], k=10, mirror=False)] == brute.tolist()
-    # By default the query also searches as its mirror: each photo at the nearer of the two distances.
-    nearer = np.minimum(plain, np.linalg.norm(all_vectors - mirrored, axis=1))
+    # By default the query's mirror searches too: a photo it finds within MIRROR_MAX_DISTANCE comes
+    # at the nearer of the two distances.
+    by_mirror = np.linalg.norm(all_vectors - mirrored, axis=1)
+    nearer = np.where(by_mirror <= MIRROR_MAX_DISTANCE, np.minimum(plain, by_mirror), plain)
+    assert (by_mirror <= MIRROR_MAX_DISTANCE).sum() >= 1 and (nearer != plain).any()  # the mirror did find something
     found = searcher.query(sample_photos[0], k=10)
     assert [r.id for r in found] == ids[np.argsort(nearer)[:10]].tolist()
     assert [r.distance for r in found] == pytest.approx(np.sort(nearer)[:10].tolist(), abs=1e-4)

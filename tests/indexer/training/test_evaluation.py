@@ -37,6 +37,9 @@ def test_mirrored_queries_rank_each_photo_at_the_nearer_of_two_distances():
     mirrored = np.array([[0.0], [-1.0], [2.9], [-3.0]], dtype=np.float32)
     m = retrieval_metrics(vectors, labels, ks=(1,), mirrored=mirrored)
     assert m["P@1"] == pytest.approx((1 + 0 + 1 + 1) / 4)
+    # Counted only within mirror_within: 0.1 is inside 0.2, not inside 0.05.
+    assert retrieval_metrics(vectors, labels, ks=(1,), mirrored=mirrored, mirror_within=0.2)["P@1"] == pytest.approx(3 / 4)
+    assert retrieval_metrics(vectors, labels, ks=(1,), mirrored=mirrored, mirror_within=0.05)["P@1"] == pytest.approx(2 / 4)
 
 
 def test_ablation_rows_put_the_chosen_config_last(default_model):
