@@ -115,10 +115,17 @@ def soak(url: str, pid: int, photo: bytes, minutes: float, clients: int = 32, ev
 
 
 def http_bench(
-    index_dir: Path, photo: bytes, seconds: float, batching: bool = True, soak_minutes: float = 0.0, runtime: str = "auto"
+    index_dir: Path,
+    photo: bytes,
+    seconds: float,
+    batching: bool = True,
+    soak_minutes: float = 0.0,
+    runtime: str = "auto",
+    mirror: bool = True,
 ) -> None:
     port = free_port()
-    env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false", "DIFFSEARCH_RUNTIME": runtime}
+    env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false", "DIFFSEARCH_RUNTIME": runtime,
+           "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false"}  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--index", str(index_dir), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -133,7 +140,8 @@ def http_bench(
                 time.sleep(0.2)
         load(url, photo, 1, 3)  # warm-up
         mode = "micro-batched" if batching else "one request at a time"
-        print(f"\n{mode}, runtime {runtime}{' (default)' if batching and runtime == 'auto' else ''}:\n")
+        default = batching and runtime == "auto" and mirror
+        print(f"\n{mode}, runtime {runtime}, {'query + mirror' if mirror else 'no mirror'}{' (default)' if default else ''}:\n")
         print("| clients | requests | errors | p50 ms | p99 ms | req/s |")
         print("|---|---|---|---|---|---|")
         for clients in (1, 8, 32):
@@ -191,6 +199,7 @@ def main() -> None:
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="then 32 clients this long, sampling server RSS")
     parser.add_argument("--skip-before", action="store_true", help="skip the unbatched server")
     parser.add_argument("--baseline-runtime", default="", help="first serve micro-batched with this runtime (e.g. torch)")
+    parser.add_argument("--mirror-baseline", action="store_true", help="first serve micro-batched without the mirrored query")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="diffsearch-query-"))
     padded = work / "index"
@@ -201,6 +210,8 @@ def main() -> None:
         http_bench(padded, photo, args.seconds, batching=False)
     if args.baseline_runtime:
         http_bench(padded, photo, args.seconds, batching=True, runtime=args.baseline_runtime)
+    if args.mirror_baseline:
+        http_bench(padded, photo, args.seconds, batching=True, mirror=False)
     http_bench(padded, photo, args.seconds, batching=True, soak_minutes=args.soak_minutes)
     if args.faiss_sizes:
         index = PhotoIndex.open(args.index)
