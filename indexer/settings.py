@@ -48,8 +48,8 @@ class Settings:
     runtime: str = "auto"  # auto, torch or openvino: what runs the model (speed only; the vectors agree)
     cache_dir: str = ""  # compiled model graphs; "": $XDG_CACHE_HOME/diffsearch (~/.cache/diffsearch)
     batching: bool = True  # the server embeds concurrent queries in shared batches
-    # A query image also searches as its left-right mirror (each photo at the nearer distance), so
-    # mirrored copies are found; costs a second embedding per query, nothing at indexing.
+    # A query image's left-right mirror searches too (what it finds within 0.6 counts at the nearer
+    # distance), so mirrored copies are found; a second embedding per query, nothing at indexing.
     mirror_queries: bool = True
     max_queue: int = 64  # queries waiting to be embedded before the server answers 503
     batch_wait_ms: float = 5.0  # how long the embedding worker waits to fill a batch

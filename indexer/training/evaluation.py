@@ -264,7 +264,8 @@ def evaluate(
             if (*key, "mirror") not in encoded:
                 encoded[*key, "mirror"] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, mirror=True)
             mirrored = variant_vectors(variant, encoded[*key, "mirror"], fitted.get(key))
-        metrics = retrieval_metrics(vectors, labelled.labels, mirrored=mirrored, mirror_within=variant.mirror_within or np.inf)
+        within = np.inf if variant.mirror_within is None else variant.mirror_within
+        metrics = retrieval_metrics(vectors, labelled.labels, mirrored=mirrored, mirror_within=within)
         log.info("%s: %s", variant.name, {k: round(v, 4) for k, v in metrics.items()})
         results.append(EvalResult(variant.name, metrics, int(vectors.shape[1]), variant.note))
     return results
