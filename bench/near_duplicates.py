@@ -38,14 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import ImageOps  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder  # noqa: E402
-from indexer.training.evaluation import LabelledSet, encode_set  # noqa: E402
+from indexer.training.evaluation import LabelledSet, encode_set, with_mirror  # noqa: E402
 from indexer.images import crop_for_embedding, load_image, to_tensor  # noqa: E402
 from indexer.embedding.model import DiffusionModel, load_model  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
@@ -67,9 +66,7 @@ class EditedQueries(Dataset):
         i, name = self.items[k]
         image, _ = load_image(self.photos[i])
         rng = np.random.default_rng([self.seed, i, list(EDITS).index(name)])
-        query = EDITS[name](image, rng)
-        query = ImageOps.mirror(query) if self.mirror else query  # mirrored before the crop, as the searcher does
-        return to_tensor([crop_for_embedding(query, self.size)])[0], k
+        return to_tensor([crop_for_embedding(EDITS[name](image, rng), self.size, mirror=self.mirror)])[0], k
 
 
 def edited(photos: list[Path], seed: int) -> list:
@@ -217,16 +214,16 @@ def main() -> None:
     if default_projection is not None and default_projection.instance_dims:  # what dedup compares
         rows["default, dedup's dims"] = tuple(default_projection.instance_part(v) for v in rows["default (as indexed)"])
     dedup_row = "default, dedup's dims" if "default, dedup's dims" in rows else "default (as indexed)"
-    for name, config in (("latent only, same pooling", EmbeddingConfig(blocks=("latent",), projection=False)),
+    latent_config = EmbeddingConfig(blocks=("latent",), projection=False)
+    for name, config in (("latent only, same pooling", latent_config),
                          ("latent only, 4x4 grid", EmbeddingConfig(blocks=("latent",), grid=4, gap=False, projection=False))):  # fmt: skip
         rows[name] = (vectors(shipped, config, gallery_x0), vectors(shipped, config, query_x0))
     # As `Searcher.query` searches by default: the query's left-right mirror searches too, and a
     # photo it finds within MIRROR_MAX_DISTANCE comes at the nearer of its two distances; the latent
     # alone searched the same way, for a fair comparison.
     mirrored_x0 = encode_queries(shipped, [gallery[i] for i in picked], args.seed, mirror=True)
-    latent_config = EmbeddingConfig(blocks=("latent",), projection=False)
-    searched = {"default, as searched (+ mirror)": ("default (as indexed)", models["default (as indexed)"][1]),
-                "latent only, same pooling, + mirror": ("latent only, same pooling", latent_config)}  # fmt: skip
+    searched = {"default (as indexed)": ("default, as searched (+ mirror)", models["default (as indexed)"][1]),
+                "latent only, same pooling": ("latent only, same pooling, + mirror", latent_config)}  # fmt: skip
 
     def scores(d: np.ndarray) -> dict[str, dict]:
         hits = recall(d, originals, canonical)
@@ -236,12 +233,11 @@ def main() -> None:
     results: dict[str, dict] = {}
     for name, (g, q) in rows.items():
         d = np.sqrt(np.maximum(2 - 2 * q @ g.T, 0))
-        for searched_name, (row, config) in searched.items():
-            if row == name:
-                m = vectors(shipped, config, mirrored_x0)
-                by_mirror = np.sqrt(np.maximum(2 - 2 * m @ g.T, 0))
-                d_searched = np.where(by_mirror <= MIRROR_MAX_DISTANCE, np.minimum(d, by_mirror), d)
-                results[searched_name] = scores(d_searched) | {"dedup": calibrate(d_searched, originals, canonical)}
+        if name in searched:
+            searched_name, config = searched[name]
+            m = vectors(shipped, config, mirrored_x0)
+            d_searched = with_mirror(d, np.sqrt(np.maximum(2 - 2 * m @ g.T, 0)), MIRROR_MAX_DISTANCE)
+            results[searched_name] = scores(d_searched) | {"dedup": calibrate(d_searched, originals, canonical)}
         results[name] = scores(d) | {"dedup": calibrate(d, originals, canonical)}
     try:
         import imagehash

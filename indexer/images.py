@@ -210,8 +210,13 @@ def trim_border(image: Image.Image, tolerance: float = 6.0, max_fraction: float 
     return image.crop(box)
 
 
-def crop_for_embedding(image: Image.Image, size: int, trim: bool = True) -> Image.Image:
-    """What every photo goes through before the encoder: flat borders trimmed, then the centre square."""
+def crop_for_embedding(image: Image.Image, size: int, trim: bool = True, mirror: bool = False) -> Image.Image:
+    """What every photo goes through before the encoder: flat borders trimmed, then the centre square.
+
+    `mirror`: of the photo's left-right mirror, mirrored first, as a mirrored copy would be cropped.
+    (Flipping the cropped square is not the same: a centre crop of odd margin moves by a pixel,
+    which moved a vector by 0.14.)"""
+    image = ImageOps.mirror(image) if mirror else image
     return square_crop(trim_border(image) if trim else image, size)
 
 
@@ -238,8 +243,7 @@ def prepare(source: ImageInput, size: int, trim: bool = True) -> torch.Tensor:
 
 
 def prepare_with_mirror(source: ImageInput, size: int, trim: bool = True) -> torch.Tensor:
-    """(2, 3, size, size): the image and its left-right mirror, each exactly as `prepare` makes it from
-    one decode. (Flipping the prepared square is not the same: a centre crop of odd margin moves by
-    a pixel, which moved a vector by 0.14.)"""
+    """(2, 3, size, size): the image and its left-right mirror, each exactly as `prepare` makes it, from
+    one decode."""
     image, _ = load_image(source)
-    return to_tensor([crop_for_embedding(image, size, trim), crop_for_embedding(ImageOps.mirror(image), size, trim)])
+    return to_tensor([crop_for_embedding(image, size, trim), crop_for_embedding(image, size, trim, mirror=True)])

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import PIL
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -79,6 +79,12 @@ class LabelledSet:
         return cls(paths, np.array([index[n] for n in names], dtype=np.int64), classes)
 
 
+def with_mirror(dist: npt.NDArray[np.float32], by_mirror: npt.NDArray[np.float32], within: float) -> npt.NDArray[np.float32]:
+    """Query-by-photo distances as `Searcher.query` ranks them: a photo the query's mirror finds
+    within `within` (in the units of the distances) at the nearer of its two distances."""
+    return np.where(by_mirror <= within, np.minimum(dist, by_mirror), dist)
+
+
 def retrieval_metrics(
     vectors: npt.NDArray[np.float32],
     labels: npt.NDArray[np.int64],
@@ -96,7 +102,7 @@ def retrieval_metrics(
     if mirrored is not None:
         m = np.asarray(mirrored, dtype=np.float32)
         by_mirror = (m * m).sum(1)[:, None] + sq[None, :] - 2.0 * (m @ x.T)  # squared, as `dist`
-        dist = np.where(by_mirror <= mirror_within**2, np.minimum(dist, by_mirror), dist)
+        dist = with_mirror(dist, by_mirror, mirror_within**2)
     np.fill_diagonal(dist, np.inf)
     order = np.argsort(dist, axis=1, kind="stable")[:, :-1]  # the query itself sorts last
     relevant = labels[order] == labels[:, None]
@@ -129,9 +135,7 @@ class _Crops(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
-            image = load_image(self.paths[i])[0]
-            image = ImageOps.mirror(image) if self.mirror else image  # as the searcher mirrors: before the crop
-            return to_tensor([crop_for_embedding(image, self.size, self.trim)])[0]
+            return to_tensor([crop_for_embedding(load_image(self.paths[i])[0], self.size, self.trim, self.mirror)])[0]
         except InvalidImageError as exc:
             log.warning("evaluating a grey square for %s", exc)
             return torch.full((3, self.size, self.size), 0.5)
