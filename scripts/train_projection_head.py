@@ -3,9 +3,9 @@
     python scripts/train_projection_head.py --model data/models/default [--photos runs/ssl/photos.txt]
 
 The photos (default: the list scripts/train_default_model.py trains the U-Net on, which holds out
-every evaluated class) are encoded once with 2 edited views each (indexer.training.views, cached
-under runs/cache), the U-Net runs frozen over every view as search runs it (DDIM inversion, block
-capture, pooling), and indexer.training.head learns the linear map on top. It is written to
+every evaluated class) are encoded once with 2 edited views each per `--view-recipes` recipe
+(indexer.training.views, cached under runs/cache), the U-Net runs frozen over every view as search
+runs it (DDIM inversion, block capture, pooling), and indexer.training.head learns the linear map on top. It is written to
 `MODEL/projections/<fingerprint of the config with projection off>.safetensors`, where the Embedder
 finds it, replacing the PCA-whitening stored there for that config.
 
@@ -24,6 +24,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -34,6 +36,7 @@ from indexer.training.discriminant import DiscriminantConfig, fit_discriminant_p
 from indexer.training.head import HeadConfig, cached_view_features, fit_contrastive_projection, stack_projections  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR  # noqa: E402
+from indexer.training.views import VIEW_RECIPES  # noqa: E402
 from scripts.train_default_model import folder_labels  # noqa: E402
 
 
@@ -46,7 +49,9 @@ def main() -> None:
     parser.add_argument("--keep-whitening", type=int, default=128)
     parser.add_argument("--learned-weight", type=float, default=0.7, help="the learned part's say against the kept whitening's")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--views", type=int, default=2, help="edited views per photo and recipe")
+    parser.add_argument("--view-recipes", nargs="+", default=["default"], choices=sorted(VIEW_RECIPES),
+                        help="indexer.training.views recipes the head learns from (each adds --views views per photo)")
     parser.add_argument("--class-dim", type=int, default=0, help="class-discriminant (LDA) dims stacked beside (0: none)")
     parser.add_argument("--class-weight", type=float, default=1.0, help="the discriminant part's say against the rest's")
     parser.add_argument("--class-whiten-dim", type=int, default=DiscriminantConfig.whiten_dim)
@@ -55,9 +60,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = EmbeddingConfig.from_dict(json.loads(args.config)).replace(projection=False)
     photos = [Path(p) for p in args.photos.read_text().split("\n") if p]
-    views, kept = encode_views(photos, TAEF2_DIR, config.image_size, args.views, ROOT / "runs" / "cache")
     model = load_model(str(args.model))
-    features = cached_view_features(model, config, views, ROOT / "runs" / "head")
+    parts, kept = [], None
+    for recipe in args.view_recipes:  # the clean photo once, then every recipe's edited views
+        views, kept = encode_views(photos, TAEF2_DIR, config.image_size, args.views, ROOT / "runs" / "cache", recipe=recipe)
+        features = cached_view_features(model, config, views, ROOT / "runs" / "head", recipe=recipe)
+        parts.append(features if not parts else features[:, 1:])
+    features = np.concatenate(parts, axis=1)
     key = config.fingerprint(model.fingerprint)
     if args.dim:
         head = fit_contrastive_projection(features, key=key,

@@ -69,10 +69,12 @@ def view_features(
 
 
 def cached_view_features(
-    model: DiffusionModel, config: EmbeddingConfig, views: npt.NDArray[np.float16], cache_dir: Path,
+    model: DiffusionModel, config: EmbeddingConfig, views: npt.NDArray[np.float16], cache_dir: Path, recipe: str = "default",
 ) -> npt.NDArray[np.float32]:
-    """`view_features`, kept in `cache_dir` under the config's and model's fingerprint and the views' shape."""
-    key = f"{config.replace(projection=False).fingerprint(model.fingerprint)}-{'x'.join(map(str, views.shape[:2]))}"
+    """`view_features`, kept in `cache_dir` under the config's and model's fingerprint, the views' shape
+    and the view recipe they were made with (indexer.training.views.VIEW_RECIPES)."""
+    named = "" if recipe == "default" else f"-{recipe}"  # the default's caches keep their names
+    key = f"{config.replace(projection=False).fingerprint(model.fingerprint)}-{'x'.join(map(str, views.shape[:2]))}{named}"
     cache = Path(cache_dir) / f"view-features-{key}.npy"
     if cache.is_file():
         return np.load(cache).astype(np.float32)

@@ -84,8 +84,8 @@ def read_list(list_file: Path, root: Path | None = None) -> list[Path]:
 class _Views(Dataset):
     """A photo's clean centre crop and `views` random edits of it (indexer.training.views), as pixels."""
 
-    def __init__(self, paths: Sequence[Path], size: int, views: int, seed: int) -> None:
-        self.paths, self.size, self.views, self.seed = list(paths), size, views, seed
+    def __init__(self, paths: Sequence[Path], size: int, views: int, seed: int, recipe: str = "default") -> None:
+        self.paths, self.size, self.views, self.seed, self.recipe = list(paths), size, views, seed, recipe
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -100,25 +100,27 @@ class _Views(Dataset):
         except InvalidImageError as exc:
             log.warning("skipping %s", exc)
             return torch.zeros(1 + self.views, 3, self.size, self.size), False
-        crops = [crop_for_embedding(image, self.size)] + [crop_for_embedding(random_view(image, rng), self.size) for _ in range(self.views)]
+        crops = [crop_for_embedding(image, self.size)] + [crop_for_embedding(random_view(image, rng, self.recipe), self.size) for _ in range(self.views)]
         return to_tensor(crops), True
 
 
 @torch.no_grad()
 def encode_views(
     paths: Sequence[Path], autoencoder_dir: Path, size: int, views: int, cache_dir: Path, seed: int = 0,
-    batch_size: int = 16, workers: int = 2,
+    batch_size: int = 16, workers: int = 2, recipe: str = "default",
 ) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
     """Raw latents (m, 1 + views, 32, size/8, size/8) as float16: [:, 0] the clean photo, [:, 1:] its
-    edited views; and which of the n paths they hold. Cached on disk (resumable: written at the end)."""
+    edited views (indexer.training.views.VIEW_RECIPES[recipe]); and which of the n paths they hold.
+    Cached on disk (resumable: written at the end)."""
     digest = cache_key(paths, size)
-    cache = Path(cache_dir) / f"views-{digest}-{views}-{seed}.npy"
+    named = "" if recipe == "default" else f"-{recipe}"  # the default's caches keep their names
+    cache = Path(cache_dir) / f"views-{digest}-{views}-{seed}{named}.npy"
     kept_file = cache.with_suffix(".kept.npy")
     if cache.is_file() and kept_file.is_file():
         log.info("using cached views %s", cache)
         return np.load(cache, mmap_mode="r"), np.load(kept_file)
     encoder = load_encoder(autoencoder_dir).to(memory_format=torch.channels_last)
-    loader = DataLoader(_Views(paths, size, views, seed), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None)
+    loader = DataLoader(_Views(paths, size, views, seed, recipe), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None)
     out, kept = [], []
     for pixels, ok in tqdm(loader, desc=f"encoding {len(paths)} photos x {1 + views} views", unit="batch"):
         kept.append(ok.numpy())

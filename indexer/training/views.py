@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
@@ -125,8 +126,18 @@ VIEW_PROBABILITIES: tuple[tuple[Edit, float], ...] = (
 )  # fmt: skip
 
 
-def random_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    for edit, probability in VIEW_PROBABILITIES:
+# Zoom-heavy views for a projection head that must meet re-framed and tightly cropped copies: crops
+# down to a quarter of the photo, and the landscape/portrait re-crop in four views of ten.
+ZOOM_VIEW_PROBABILITIES: tuple[tuple[Edit, float], ...] = (
+    (partial(crop, scale=(0.25, 0.9)), 1.0), (reframe, 0.4), (rotate, 0.2), (flip, 0.5), (colour, 0.8),
+    (grayscale, 0.2), (blur, 0.2), (banner, 0.25), (border, 0.15), (jpeg, 0.3),
+)  # fmt: skip
+
+VIEW_RECIPES: dict[str, tuple[tuple[Edit, float], ...]] = {"default": VIEW_PROBABILITIES, "zoom": ZOOM_VIEW_PROBABILITIES}
+
+
+def random_view(image: Image.Image, rng: np.random.Generator, recipe: str = "default") -> Image.Image:
+    for edit, probability in VIEW_RECIPES[recipe]:
         if rng.random() < probability:
             image = edit(image, rng)
     return image

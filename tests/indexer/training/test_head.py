@@ -67,3 +67,18 @@ def test_kept_whitening_sits_beside_the_learned_part() -> None:
     assert np.allclose(ratio, ratio.flat[0], rtol=1e-4)
     lengths = [np.median(np.linalg.norm((views[:, 0] - head.mean) @ part, axis=1)) for part in np.split(head.matrix, [4], axis=1)]
     assert np.allclose(lengths, 1.0, rtol=1e-3)
+
+
+def test_view_features_are_cached_per_view_recipe(tmp_path, default_model) -> None:  # noqa: ANN001
+    from indexer.embedding.config import EmbeddingConfig
+    from indexer.training.head import cached_view_features
+
+    config = EmbeddingConfig(image_size=64)
+    rng = np.random.default_rng(0)
+    plain, zoom = (rng.normal(size=(2, 2, 32, 8, 8)).astype(np.float16) for _ in range(2))
+    a = cached_view_features(default_model, config, plain, tmp_path)
+    b = cached_view_features(default_model, config, zoom, tmp_path, recipe="zoom")
+    assert len(list(tmp_path.glob("view-features-*.npy"))) == 2  # same shape, other recipe: its own file
+    assert a.shape == b.shape and not np.allclose(a, b)
+    again = cached_view_features(default_model, config, zoom * 0, tmp_path, recipe="zoom")  # read back, not recomputed
+    np.testing.assert_allclose(again, b, rtol=1e-2, atol=1e-2)

@@ -125,3 +125,21 @@ def test_views_and_the_self_supervised_term(tmp_path, sample_photos):
     assert len(state["ssl_losses"]) == 2 and all(np.isfinite(l) for _, l in state["ssl_losses"])
     with pytest.raises(ValueError, match="views"):
         train(flat, cfg, tmp_path / "run2")
+
+
+def test_a_view_recipe_has_its_own_views_and_cache(tmp_path, sample_photos):
+    from indexer.training.latents import encode_views
+    from PIL import Image
+
+    from indexer.training.views import VIEW_RECIPES, random_view
+
+    assert set(VIEW_RECIPES) >= {"default", "zoom"}
+    default, _ = encode_views(sample_photos[:4], TAEF2_DIR, 64, 2, tmp_path, workers=0)
+    zoom, kept = encode_views(sample_photos[:4], TAEF2_DIR, 64, 2, tmp_path, workers=0, recipe="zoom")
+    assert kept.all() and len(list(tmp_path.glob("views-*.npy"))) == 2 * 2  # latents + kept flags each
+    np.testing.assert_array_equal(default[:, 0], zoom[:, 0])  # the clean photo is the same
+    assert not np.allclose(default[:, 1:], zoom[:, 1:])  # its views are not
+    image = Image.open(sample_photos[0]).convert("RGB")
+    sizes = [random_view(image, np.random.default_rng(i), "zoom").size for i in range(40)]
+    areas = [w * h / (image.width * image.height) for w, h in sizes]
+    assert min(areas) < 0.4  # zoom crops go tighter than the default's 0.45 of the photo
