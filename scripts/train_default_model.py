@@ -41,6 +41,7 @@ from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR, export_checkpoint, latent_statistics, normalise_latents  # noqa: E402
 from indexer.training.train import TrainConfig, train  # noqa: E402
+from indexer.training.views import VIEW_RECIPES  # noqa: E402
 
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--tiny", type=Path, required=True, help="the tiny-imagenet-200 folder")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--view-recipe", default="default", choices=sorted(VIEW_RECIPES),
+                        help="the self-supervised term's edited views (indexer.training.views; 'zoom' for crop/re-framing invariance)")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--ssl-weight", type=float, default=0.5)
@@ -115,7 +118,7 @@ def main() -> None:
         list_file.write_text("\n".join(map(str, training_photos(args.tiny, args.per_class))) + "\n")
     photos = [Path(p) for p in list_file.read_text().split("\n") if p]
     logging.info("%d training photos (%s)", len(photos), list_file)
-    views, kept = encode_views(photos, TAEF2_DIR, 128, args.views, ROOT / "runs" / "cache")
+    views, kept = encode_views(photos, TAEF2_DIR, 128, args.views, ROOT / "runs" / "cache", recipe=args.view_recipe)
     if args.encode_only:
         return
     clean = np.asarray(views[:, 0])
