@@ -5,9 +5,10 @@
 The photos (default: the list scripts/train_default_model.py trains the U-Net on, which holds out
 every evaluated class) are encoded once with 2 edited views each per `--view-recipes` recipe
 (indexer.training.views, cached under runs/cache), the U-Net runs frozen over every view as search
-runs it (DDIM inversion, block capture, pooling), and indexer.training.head learns the linear map on top. It is written to
-`MODEL/projections/<fingerprint of the config with projection off>.safetensors`, where the Embedder
-finds it, replacing the PCA-whitening stored there for that config.
+runs it (DDIM inversion, block capture, pooling), and indexer.training.head learns the linear map
+on top. It is written to `MODEL/projections/<fingerprint of the config with projection
+off>.safetensors`, where the Embedder finds it, replacing the PCA-whitening stored there for that
+config.
 
 With `--class-dim N`, N class-discriminant (LDA) directions, fitted on the clean photos' folder
 classes (indexer.training.discriminant; held-out classes are not in the list), are stacked beside

@@ -27,6 +27,7 @@ from indexer.embedding.embedder import Embedder
 from indexer.embedding.model import DiffusionModel
 from indexer.embedding.projection import Projection, fit_projection
 from indexer.errors import ConfigError
+from indexer.training.views import recipe_suffix
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,7 @@ def cached_view_features(
 ) -> npt.NDArray[np.float32]:
     """`view_features`, kept in `cache_dir` under the config's and model's fingerprint, the views' shape
     and the view recipe they were made with (indexer.training.views.VIEW_RECIPES)."""
-    named = "" if recipe == "default" else f"-{recipe}"  # the default's caches keep their names
-    key = f"{config.replace(projection=False).fingerprint(model.fingerprint)}-{'x'.join(map(str, views.shape[:2]))}{named}"
+    key = f"{config.replace(projection=False).fingerprint(model.fingerprint)}-{'x'.join(map(str, views.shape[:2]))}{recipe_suffix(recipe)}"
     cache = Path(cache_dir) / f"view-features-{key}.npy"
     if cache.is_file():
         return np.load(cache).astype(np.float32)

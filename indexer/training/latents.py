@@ -16,6 +16,7 @@ from tqdm import tqdm
 from indexer.errors import InvalidImageError
 from indexer.images import prepare
 from indexer.embedding.taef2 import load_encoder
+from indexer.training.views import recipe_suffix
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,7 @@ def encode_views(
     edited views (indexer.training.views.VIEW_RECIPES[recipe]); and which of the n paths they hold.
     Cached on disk (resumable: written at the end)."""
     digest = cache_key(paths, size)
-    named = "" if recipe == "default" else f"-{recipe}"  # the default's caches keep their names
-    cache = Path(cache_dir) / f"views-{digest}-{views}-{seed}{named}.npy"
+    cache = Path(cache_dir) / f"views-{digest}-{views}-{seed}{recipe_suffix(recipe)}.npy"
     kept_file = cache.with_suffix(".kept.npy")
     if cache.is_file() and kept_file.is_file():
         log.info("using cached views %s", cache)

@@ -126,14 +126,21 @@ VIEW_PROBABILITIES: tuple[tuple[Edit, float], ...] = (
 )  # fmt: skip
 
 
-# Zoom-heavy views for a projection head that must meet re-framed and tightly cropped copies: crops
-# down to a quarter of the photo, and the landscape/portrait re-crop in four views of ten.
-ZOOM_VIEW_PROBABILITIES: tuple[tuple[Edit, float], ...] = (
-    (partial(crop, scale=(0.25, 0.9)), 1.0), (reframe, 0.4), (rotate, 0.2), (flip, 0.5), (colour, 0.8),
-    (grayscale, 0.2), (blur, 0.2), (banner, 0.25), (border, 0.15), (jpeg, 0.3),
-)  # fmt: skip
+# Zoom-heavy views for a projection head that must meet re-framed and tightly cropped copies: the
+# default's, with crops down to a quarter of the photo and the landscape/portrait re-crop in four
+# views of ten (same edits in the same order, so the same draws of the generator).
+_ZOOM_CHANGES: dict[Edit, tuple[Edit, float]] = {crop: (partial(crop, scale=(0.25, 0.9)), 1.0), reframe: (reframe, 0.4)}
+ZOOM_VIEW_PROBABILITIES: tuple[tuple[Edit, float], ...] = tuple(_ZOOM_CHANGES.get(edit, (edit, p)) for edit, p in VIEW_PROBABILITIES)
 
 VIEW_RECIPES: dict[str, tuple[tuple[Edit, float], ...]] = {"default": VIEW_PROBABILITIES, "zoom": ZOOM_VIEW_PROBABILITIES}
+
+
+def recipe_suffix(recipe: str) -> str:
+    """What a cache file's name adds for views of `recipe`: nothing for the default, whose caches
+    predate recipes and keep their names."""
+    if recipe not in VIEW_RECIPES:
+        raise ValueError(f"unknown view recipe {recipe!r}; known: {sorted(VIEW_RECIPES)}")
+    return "" if recipe == "default" else f"-{recipe}"
 
 
 def random_view(image: Image.Image, rng: np.random.Generator, recipe: str = "default") -> Image.Image:

@@ -128,12 +128,14 @@ def test_views_and_the_self_supervised_term(tmp_path, sample_photos):
 
 
 def test_a_view_recipe_has_its_own_views_and_cache(tmp_path, sample_photos):
-    from indexer.training.latents import encode_views
     from PIL import Image
 
-    from indexer.training.views import VIEW_RECIPES, random_view
+    from indexer.training.latents import encode_views
+    from indexer.training.views import VIEW_RECIPES, random_view, recipe_suffix
 
     assert set(VIEW_RECIPES) >= {"default", "zoom"}
+    with pytest.raises(ValueError, match="unknown view recipe"):
+        recipe_suffix("tight")
     default, _ = encode_views(sample_photos[:4], TAEF2_DIR, 64, 2, tmp_path, workers=0)
     zoom, kept = encode_views(sample_photos[:4], TAEF2_DIR, 64, 2, tmp_path, workers=0, recipe="zoom")
     assert kept.all() and len(list(tmp_path.glob("views-*.npy"))) == 2 * 2  # latents + kept flags each
