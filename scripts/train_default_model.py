@@ -103,7 +103,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--class-weight", type=float, default=0.0,
                         help="hybrid stage: add the class loss on each photo's folder (Tiny ImageNet wnid or Caltech class; held-out classes are not in the list)")
-    parser.add_argument("--init", type=Path, help="start a new run from this checkpoint's EMA weights (e.g. runs/ssl/checkpoint.pt)")
+    parser.add_argument("--init", type=Path,
+                        help="start a new run from this checkpoint's EMA weights (e.g. runs/ssl/checkpoint.pt) or an exported model folder (e.g. data/models/default)")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate (lower it to fine-tune)")
     parser.add_argument("--photos", type=Path, help="the photo list (default: RUN/photos.txt, made on first use)")
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "ssl")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ssl-model")
@@ -132,7 +134,7 @@ def main() -> None:
         labels, classes = np.repeat(per_photo, normed.shape[1]), len(vocabulary)
         logging.info("hybrid stage: %d classes, class weight %g", classes, args.class_weight)
     cfg = TrainConfig(max_minutes=args.minutes, max_steps=args.steps, batch_size=args.batch, ssl_weight=args.ssl_weight,
-                      class_weight=args.class_weight, num_classes=classes, checkpoint_every=100)  # fmt: skip
+                      class_weight=args.class_weight, num_classes=classes, checkpoint_every=100, lr=args.lr)  # fmt: skip
     train(flat, cfg, args.run, resume=True, views=normed, labels=labels, init_from=args.init)
     export_checkpoint(args.run, args.out)
     (args.run / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=list))

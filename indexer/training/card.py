@@ -78,6 +78,21 @@ def sample_grid_png(model_dir: Path, path: Path, n: int = 16, steps: int = 50, s
     grid.save(path)
 
 
+def _source_config(source: Path) -> dict:
+    """The training config of the run a model continued: an exported model folder's manifest, or the
+    train_config.json beside a checkpoint (empty when neither is there)."""
+    if source.is_dir() and (source / MANIFEST).is_file():
+        return json.loads((source / MANIFEST).read_text()).get("train_config", {})
+    config = source.parent / "train_config.json"
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def _stage_kind(cfg: dict) -> str:
+    if cfg.get("ssl_weight", 0) > 0:
+        return "diffusion + self-supervised NT-Xent" + (" + class" if cfg.get("class_weight", 0) > 0 else " (no labels)")
+    return "diffusion + class (hybrid)" if cfg.get("class_weight", 0) > 0 else "diffusion-only"
+
+
 def write_model_card(
     model_dir: Path,
     run_dir: Path,
@@ -97,9 +112,7 @@ def write_model_card(
         init = json.loads(init_file.read_text())
         losses = [(s, v) for s, v in init["losses"]] + [(s + init["steps"], v) for s, v in losses]
         steps, seconds = steps + init["steps"], seconds + init["seconds"]
-        source_cfg = Path(init["init_from"]).parent / "train_config.json"
-        source_ssl = source_cfg.is_file() and json.loads(source_cfg.read_text()).get("ssl_weight", 0) > 0
-        kind = "diffusion + self-supervised NT-Xent (no labels)" if source_ssl else "diffusion-only"
+        kind = _stage_kind(_source_config(Path(init["init_from"])))
         stages = f"{init['steps']} {kind} steps ({init['seconds'] / 60:.0f} min), then {state['step']} more; "
     if cfg.get("class_weight", 0) > 0:
         classes = cfg["num_classes"]

@@ -66,14 +66,17 @@ def run_training(
     normed = normalise_latents(latents, mean, std)
     (run_dir / "stats.json").write_text(json.dumps({"latent_mean": mean, "latent_std": std, "photos": int(kept.sum())}))
     ema, losses = train(normed, cfg, run_dir, resume=resume, labels=labels, init_from=init_from)
-    export_model(ema, cfg, mean, std, out_dir, {"photos": int(kept.sum()), "wall_minutes": (time.time() - started) / 60})
+    facts = {"photos": int(kept.sum()), "steps": losses[-1][0] if losses else 0, "wall_minutes": (time.time() - started) / 60}
+    export_model(ema, cfg, mean, std, out_dir, facts, losses)
     return out_dir
 
 
 def export_model(
-    unet: torch.nn.Module, cfg: TrainConfig, mean: list[float], std: list[float], out_dir: Path, facts: dict
+    unet: torch.nn.Module, cfg: TrainConfig, mean: list[float], std: list[float], out_dir: Path, facts: dict,
+    losses: list[tuple[int, float]] | None = None,
 ) -> None:
-    """Write `unet/` (fp16 safetensors), `scheduler/`, the manifest, and the TAEF2 licence beside them."""
+    """Write `unet/` (fp16 safetensors), `scheduler/`, the manifest, the loss curve's numbers
+    (losses.json, read when a later run starts from this folder) and the TAEF2 licence beside them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     unet.to(torch.float16).save_pretrained(out_dir / "unet", safe_serialization=True)
     unet.to(torch.float32)
@@ -88,6 +91,8 @@ def export_model(
         **facts,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if losses is not None:
+        (out_dir / "losses.json").write_text(json.dumps(losses))
     if (out_dir / "../taef2").resolve() != TAEF2_DIR.resolve():
         # A model trained elsewhere carries its own copy of the autoencoder it was trained with.
         shutil.copytree(TAEF2_DIR, out_dir / "taef2", dirs_exist_ok=True)
@@ -105,5 +110,4 @@ def export_checkpoint(run_dir: Path, out_dir: Path) -> None:
     unet.load_state_dict(state["ema"])
     stats = json.loads((run_dir / "stats.json").read_text())
     facts = {"photos": stats["photos"], "steps": state["step"], "wall_minutes": state["seconds"] / 60}
-    export_model(unet, cfg, stats["latent_mean"], stats["latent_std"], out_dir, facts)
-    (out_dir / "losses.json").write_text(json.dumps(state["losses"]))
+    export_model(unet, cfg, stats["latent_mean"], stats["latent_std"], out_dir, facts, state["losses"])

@@ -135,6 +135,19 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def initial_weights(source: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
+    """The U-Net weights to start from and their lineage: a run's checkpoint.pt (its EMA weights) or
+    an exported model folder (e.g. the bundled data/models/default: unet/ in fp16, read back as fp32)."""
+    if source.is_dir():
+        unet = UNet2DModel.from_pretrained(source / "unet", torch_dtype=torch.float32)
+        facts = json.loads((source / "diffsearch.json").read_text())
+        losses = json.loads((source / "losses.json").read_text()) if (source / "losses.json").is_file() else []
+        lineage = {"init_from": str(source), "steps": facts.get("steps", 0), "seconds": 60 * facts.get("wall_minutes", 0.0), "losses": losses}
+        return {k: v.to(device) for k, v in unet.state_dict().items()}, lineage
+    state = torch.load(source, map_location=device, weights_only=False)
+    return state["ema"], {"init_from": str(source), "steps": state["step"], "seconds": state["seconds"], "losses": state["losses"]}
+
+
 def train(
     latents: npt.NDArray[np.float16],
     cfg: TrainConfig,
@@ -148,7 +161,8 @@ def train(
     """Train on normalised latents (n, C, h, w); returns the EMA U-Net and the loss curve (noise MSE).
 
     `labels` (n,) feed the auxiliary class loss when cfg.class_weight > 0. `init_from` starts a new
-    run from another run's checkpoint (its EMA weights), e.g. to add the class loss to a trained model.
+    run from another run's checkpoint (its EMA weights) or an exported model folder, e.g. to add the class
+    loss to a trained model or to fine-tune the bundled one.
     `views` (m, V >= 2, C, h, w), normalised like `latents`, feed the self-supervised term when
     cfg.ssl_weight > 0. `device`: where to train (default: CUDA when there is one, else the CPU).
     """
@@ -165,11 +179,10 @@ def train(
         raise ValueError("ssl_weight > 0 needs views of shape (m, V >= 2, C, h, w)")
     model = build_unet(cfg, data.shape[1]).to(device)
     if init_from is not None and not (resume and (run_dir / "checkpoint.pt").is_file()):
-        source = torch.load(init_from, map_location=device, weights_only=False)
-        model.load_state_dict(source["ema"])
-        lineage = {"init_from": str(init_from), "steps": source["step"], "seconds": source["seconds"], "losses": source["losses"]}
+        weights, lineage = initial_weights(Path(init_from), device)
+        model.load_state_dict(weights)
         (run_dir / "init.json").write_text(json.dumps(lineage))  # the model card tells both stages
-        log.info("initialised from the EMA weights of %s (step %d)", init_from, source["step"])
+        log.info("initialised from the EMA weights of %s (step %d)", init_from, lineage["steps"])
     ema = copy.deepcopy(model).requires_grad_(False)
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     head = ClassHead(cfg.block_out_channels[-1], max(cfg.num_classes, 1)).to(device)

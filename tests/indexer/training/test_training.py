@@ -97,6 +97,23 @@ def test_hybrid_training_adds_a_class_loss_and_starts_from_a_checkpoint(tmp_path
     assert "| steps | 5 at batch 8 |" in card and "2 diffusion-only steps" in card and "2 folder classes" in card
 
 
+def test_a_run_can_start_from_an_exported_model_folder(tmp_path, sample_photos):
+    """Fine-tuning the bundled model: --init takes a model folder (fp16 unet/), not only a checkpoint."""
+    paths = _two_classes(tmp_path, sample_photos)
+    base = TrainConfig(image_size=64, block_out_channels=(32, 64), batch_size=8, max_steps=2, warmup_steps=1, max_minutes=5)
+    run_training(paths, tmp_path / "plain", base, tmp_path / "runs" / "plain", workers=0)
+    shipped = load_model(str(tmp_path / "plain")).unet.float().state_dict()
+
+    tuned = TrainConfig(**{**base.to_dict(), "block_out_channels": (32, 64), "class_weight": 0.5, "max_steps": 0})
+    run_training(paths, tmp_path / "tuned", tuned, tmp_path / "runs" / "tuned", workers=0, init_from=tmp_path / "plain")
+    started = torch.load(tmp_path / "runs" / "tuned" / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(started["model"][k], shipped[k]) for k in shipped)  # began at the exported weights
+    lineage = json.loads((tmp_path / "runs" / "tuned" / "init.json").read_text())
+    assert lineage["steps"] == 2 and len(lineage["losses"]) == 2
+    card = write_model_card(tmp_path / "tuned", tmp_path / "runs" / "tuned", data_note="11 photos").read_text()
+    assert "| steps | 2 at batch 8 |" in card and "2 diffusion-only steps" in card
+
+
 def test_class_loss_needs_one_label_per_latent(tmp_path):
     from indexer.training.train import train
 
