@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from indexer.embedding.features import capture, pool
+from indexer.embedding.model import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def initial_weights(source: Path, device: torch.device) -> tuple[dict[str, torch
     an exported model folder (e.g. the bundled data/models/default: unet/ in fp16, read back as fp32)."""
     if source.is_dir():
         unet = UNet2DModel.from_pretrained(source / "unet", torch_dtype=torch.float32)
-        facts = json.loads((source / "diffsearch.json").read_text())
+        facts = json.loads((source / MANIFEST).read_text())
         losses = json.loads((source / "losses.json").read_text()) if (source / "losses.json").is_file() else []
         lineage = {"init_from": str(source), "steps": facts.get("steps", 0), "seconds": 60 * facts.get("wall_minutes", 0.0), "losses": losses}
         return {k: v.to(device) for k, v in unet.state_dict().items()}, lineage
