@@ -141,7 +141,7 @@ def main() -> None:
     print(f"exported {args.out}")
     if args.ship:
         label_note = FOLDER_LABELS if args.class_weight > 0 else NO_LABELS
-        ship(args.run, args.ship, photos, args.per_class, label_note, card_only=args.card_only)
+        ship(args.run, args.ship, photos, args.per_class, label_note, card_only=args.card_only, recipe=args.view_recipe)
 
 
 DATA_NOTE = (
@@ -155,31 +155,35 @@ FOLDER_LABELS = (
     "(240 classes: 160 wnids, 80 Caltech classes); no held-out class is in the list"
 )
 VIEWS_NOTE = "each photo centre-cropped plus 2 edited views: crops, re-framing, tilt, flip, colour, grayscale, blur, banner, border, JPEG"
+RECIPE_NOTES = {  # what the last stage's views add, by --view-recipe
+    "default": "",
+    "zoom": "; the last stage's views are zoom-heavy: crops down to a quarter of the photo, landscape/portrait re-framing in 4 of 10",
+}
 LICENCES = (
     "The training photos are Caltech-101 (CC BY 4.0) and Tiny ImageNet (a subset of ImageNet, whose "
     "terms allow non-commercial research and educational use; the photos are not redistributed here)."
 )
 
 
-def ship(run: Path, out: Path, photos: list[Path], per_class: int, labels: str, card_only: bool = False) -> None:
+def ship(run: Path, out: Path, photos: list[Path], per_class: int, labels: str, card_only: bool = False, recipe: str = "default") -> None:
     """The run as the bundled model: weights, licence, PCA-whitening learned on training photos, card."""
     import shutil
 
     from scripts.ship_default_model import LICENSE, fit_default_projection
 
     if card_only:
-        write_card(run, out, photos, per_class, labels)
+        write_card(run, out, photos, per_class, labels, recipe)
         return
     if out.exists():
         shutil.rmtree(out)
     export_checkpoint(run, out)
     (out / "LICENSE").write_text(LICENSE.replace("The training photos (Caltech-101", "The training photos (Caltech-101 and Tiny ImageNet; the latter's terms are non-commercial research use").replace(") are CC BY 4.0", "; Caltech-101 is CC BY 4.0)"))
     fit_default_projection(out, photos[:: max(1, len(photos) // 1500)][:1500])
-    write_card(run, out, photos, per_class, labels)
+    write_card(run, out, photos, per_class, labels, recipe)
     print(f"shipped {out}")
 
 
-def write_card(run: Path, out: Path, photos: list[Path], per_class: int, labels: str) -> None:
+def write_card(run: Path, out: Path, photos: list[Path], per_class: int, labels: str, recipe: str = "default") -> None:
     from indexer.training.card import write_model_card
 
     extra = ""
@@ -188,7 +192,7 @@ def write_card(run: Path, out: Path, photos: list[Path], per_class: int, labels:
         if (results / name).is_file():
             extra += "\n" + (results / name).read_text()
     write_model_card(out, run, DATA_NOTE.format(photos=len(photos), per_class=per_class, labels=labels), extra=extra,
-                     views_note=VIEWS_NOTE, licences=LICENCES)  # fmt: skip
+                     views_note=VIEWS_NOTE + RECIPE_NOTES[recipe], licences=LICENCES)  # fmt: skip
 
 
 if __name__ == "__main__":

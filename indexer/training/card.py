@@ -123,7 +123,7 @@ def write_model_card(
         stages += (f"diffusion loss on every view plus a self-supervised NT-Xent term (weight {cfg['ssl_weight']}, "
                    f"temperature {cfg['ssl_temperature']}): two edited views of each of {cfg['ssl_batch']} photos per step, "
                    f"noised to t <= {cfg['ssl_t_max']}, pooled from the mid block as search pools it, through a small "
-                   "projector (not exported); no labels")  # fmt: skip
+                   "projector (not exported)" + ("" if cfg.get("class_weight", 0) > 0 else "; no labels"))  # fmt: skip
         loss_curve_png(state.get("ssl_losses", []), model_dir / "ssl_curve.png", title="self-supervised loss (NT-Xent, 50-step mean)")
         ssl_figure = "\n![self-supervised loss](ssl_curve.png)\n"
     loss_curve_png(losses, model_dir / "loss_curve.png")
