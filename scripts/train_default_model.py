@@ -41,7 +41,7 @@ from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.latents import encode_views  # noqa: E402
 from indexer.training.run import TAEF2_DIR, export_checkpoint, latent_statistics, normalise_latents  # noqa: E402
 from indexer.training.train import TrainConfig, train  # noqa: E402
-from indexer.training.views import VIEW_RECIPES  # noqa: E402
+from indexer.training.views import VIEW_RECIPE_NOTES, VIEW_RECIPES  # noqa: E402
 
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 
@@ -155,10 +155,6 @@ FOLDER_LABELS = (
     "(240 classes: 160 wnids, 80 Caltech classes); no held-out class is in the list"
 )
 VIEWS_NOTE = "each photo centre-cropped plus 2 edited views: crops, re-framing, tilt, flip, colour, grayscale, blur, banner, border, JPEG"
-RECIPE_NOTES = {  # what the last stage's views add, by --view-recipe
-    "default": "",
-    "zoom": "; the last stage's views are zoom-heavy: crops down to a quarter of the photo, landscape/portrait re-framing in 4 of 10",
-}
 LICENCES = (
     "The training photos are Caltech-101 (CC BY 4.0) and Tiny ImageNet (a subset of ImageNet, whose "
     "terms allow non-commercial research and educational use; the photos are not redistributed here)."
@@ -192,7 +188,8 @@ def write_card(run: Path, out: Path, photos: list[Path], per_class: int, labels:
         if (results / name).is_file():
             extra += "\n" + (results / name).read_text()
     write_model_card(out, run, DATA_NOTE.format(photos=len(photos), per_class=per_class, labels=labels), extra=extra,
-                     views_note=VIEWS_NOTE + RECIPE_NOTES[recipe], licences=LICENCES)  # fmt: skip
+                     views_note=VIEWS_NOTE + (f"; the last stage's views are {VIEW_RECIPE_NOTES[recipe]}" if VIEW_RECIPE_NOTES[recipe] else ""),
+                     licences=LICENCES)  # fmt: skip
 
 
 if __name__ == "__main__":

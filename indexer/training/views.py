@@ -133,6 +133,11 @@ _ZOOM_CHANGES: dict[Edit, tuple[Edit, float]] = {crop: (partial(crop, scale=(0.2
 ZOOM_VIEW_PROBABILITIES: tuple[tuple[Edit, float], ...] = tuple(_ZOOM_CHANGES.get(edit, (edit, p)) for edit, p in VIEW_PROBABILITIES)
 
 VIEW_RECIPES: dict[str, tuple[tuple[Edit, float], ...]] = {"default": VIEW_PROBABILITIES, "zoom": ZOOM_VIEW_PROBABILITIES}
+# What each recipe changes from the default's views, in words (a model card names it); one per recipe.
+VIEW_RECIPE_NOTES: dict[str, str] = {
+    "default": "",
+    "zoom": "zoom-heavy: crops down to a quarter of the photo, landscape/portrait re-framing in 4 of 10",
+}
 
 
 def recipe_suffix(recipe: str) -> str:

@@ -148,9 +148,10 @@ def test_a_view_recipe_has_its_own_views_and_cache(tmp_path, sample_photos):
     from PIL import Image
 
     from indexer.training.latents import encode_views
-    from indexer.training.views import VIEW_RECIPES, random_view, recipe_suffix
+    from indexer.training.views import VIEW_RECIPE_NOTES, VIEW_RECIPES, random_view, recipe_suffix
 
     assert set(VIEW_RECIPES) >= {"default", "zoom"}
+    assert set(VIEW_RECIPE_NOTES) == set(VIEW_RECIPES)  # a model card can name whichever recipe trained it
     with pytest.raises(ValueError, match="unknown view recipe"):
         recipe_suffix("tight")
     default, _ = encode_views(sample_photos[:4], TAEF2_DIR, 64, 2, tmp_path, workers=0)
