@@ -79,10 +79,10 @@ def edited(photos: list[Path], seed: int) -> list:
     return out
 
 
-def encode_queries(model: DiffusionModel, photos: list[Path], seed: int, mirror: bool = False) -> torch.Tensor:
+def encode_queries(model: DiffusionModel, photos: list[Path], seed: int, mirror: bool = False, size: int = 128) -> torch.Tensor:
     embedder = Embedder(EmbeddingConfig(blocks=("latent",), projection=False), RuntimeOptions(device="cpu"), model=model)
-    loader = DataLoader(EditedQueries(photos, 128, seed, mirror), batch_size=32, num_workers=2)
-    desc = "encoding mirrored edited queries" if mirror else "encoding edited queries"
+    loader = DataLoader(EditedQueries(photos, size, seed, mirror), batch_size=32, num_workers=2)
+    desc = f"encoding {'mirrored ' if mirror else ''}edited queries at {size}px"
     return torch.cat([embedder.encode(pixels) for pixels, _ in tqdm(loader, desc=desc, unit="batch")])
 
 

@@ -30,10 +30,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.near_duplicates import EditedQueries, same_photo  # noqa: E402
+from bench.near_duplicates import encode_queries, same_photo  # noqa: E402
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder  # noqa: E402
@@ -59,16 +58,20 @@ def match_scores(templates: list[torch.Tensor], candidates: list[torch.Tensor], 
     """For each candidate latent (C, H, W): the best cosine between any template (C, h, w) and a
     window of it, both centred by `mean` (C, 1, 1); -1 where no template fits."""
     best = np.full(len(candidates), -1.0)
-    units = [(t.float() - mean) / (t.float() - mean).norm() for t in templates]
+    centred = [t.float() - mean for t in templates]
+    units = [t / t.norm() for t in centred]
     for r, g in enumerate(candidates):
         g = g.float() - mean
         energy = (g * g).sum(0)[None, None]
+        window_norms: dict[tuple[int, int], torch.Tensor] = {}  # by template size: a mirrored template shares its original's
         for t in units:
-            if g.shape[1] < t.shape[1] or g.shape[2] < t.shape[2]:
+            h, w = t.shape[1:]
+            if g.shape[1] < h or g.shape[2] < w:
                 continue
+            if (h, w) not in window_norms:
+                window_norms[h, w] = F.conv2d(energy, torch.ones(1, 1, h, w))[0, 0].sqrt().clamp_min(1e-6)
             num = F.conv2d(g[None], t[None])[0, 0]
-            den = F.conv2d(energy, torch.ones(1, 1, *t.shape[1:]))[0, 0].sqrt().clamp_min(1e-6)
-            best[r] = max(best[r], float((num / den).max()))
+            best[r] = max(best[r], float((num / window_norms[h, w]).max()))
     return best
 
 
@@ -83,10 +86,7 @@ def main() -> None:
     val = LabelledSet.from_list(SPLITS / "val.txt", CALTECH)
     picked = np.sort(np.random.default_rng(1).choice(len(val.paths), args.originals, replace=False))
     photos = [val.paths[i] for i in picked]
-    queries = {}
-    for size in SIZES:
-        loader = DataLoader(EditedQueries(photos, size, 1), batch_size=32, num_workers=2)
-        queries[size] = torch.cat([encoder.encode(p) for p, _ in tqdm(loader, desc=f"edited queries at {size}px")])
+    queries = {size: encode_queries(model, photos, 1, size=size) for size in SIZES}
     centre = encode_set(model, val.paths, 128, CACHE).x0
     whole = [encoder.encode(to_tensor([whole_frame(load_image(p)[0])]))[0] for p in tqdm(val.paths, desc="whole frames")]
     default = Embedder(EmbeddingConfig(), RuntimeOptions(device="cpu", batch_size=64), model=model)
