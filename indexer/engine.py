@@ -29,6 +29,7 @@ class Embedded:
     info: ImageInfo | None
     digest: str
     failure: str | None = None
+    latent: npt.NDArray[np.float16] | None = None  # the frame's latent (C, h, w), kept for re-ranking
 
 
 EmbedEngine = Callable[[list[PhotoFile]], Iterator[list[Embedded]]]
@@ -38,16 +39,16 @@ EmbedEngine = Callable[[list[PhotoFile]], Iterator[list[Embedded]]]
 class Decoded:
     """One photo read, hashed, decoded, EXIF-transposed and cropped, or the reason it could not be."""
 
-    pixels: torch.Tensor | None  # (3, size, size) in [0, 1]
+    pixels: torch.Tensor | None  # (3, size, size) in [0, 1], or (3, H, W) for a whole frame
     info: ImageInfo | None
     digest: str
     failure: str | None
 
 
-def decode_file(path: Path, size: int, trim: bool) -> Decoded:
+def decode_file(path: Path, size: int, trim: bool, whole_frame: bool = False) -> Decoded:
     try:
         image, info = load_image(path)
-        pixels = to_tensor([crop_for_embedding(image, size, trim)])[0]
+        pixels = to_tensor([crop_for_embedding(image, size, trim, whole_frame=whole_frame)])[0]
         return Decoded(pixels, info, content_hash(path), None)
     except InvalidImageError as exc:
         return Decoded(None, None, "", exc.reason)

@@ -210,40 +210,71 @@ def trim_border(image: Image.Image, tolerance: float = 6.0, max_fraction: float 
     return image.crop(box)
 
 
-def crop_for_embedding(image: Image.Image, size: int, trim: bool = True, mirror: bool = False) -> Image.Image:
-    """What every photo goes through before the encoder: flat borders trimmed, then the centre square.
+def crop_for_embedding(
+    image: Image.Image, size: int, trim: bool = True, mirror: bool = False, whole_frame: bool = False
+) -> Image.Image:
+    """What every photo goes through before the encoder: flat borders trimmed, then the centre
+    square (or with `whole_frame`, the frame: see `frame_crop`).
 
     `mirror`: of the photo's left-right mirror, mirrored first, as a mirrored copy would be cropped.
     (Flipping the cropped square is not the same: a centre crop of odd margin moves by a pixel,
     which moved a vector by 0.14.)"""
     image = ImageOps.mirror(image) if mirror else image
-    return square_crop(trim_border(image) if trim else image, size)
+    image = trim_border(image) if trim else image
+    return frame_crop(image, size) if whole_frame else square_crop(image, size)
 
 
 def square_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to `size` (antialiased) and take the centre square."""
+    return _centre_crop(*_resize_short_side(image, size), size, size)
+
+
+# A frame's longer side grows in steps of this many pixels (two latent cells at TAEF2's 1/8), so
+# the centre square sits exactly in the middle of the frame's latent, and few distinct shapes
+# share the encoder's batches.
+FRAME_STEP = 16
+MAX_FRAME_ASPECT = 2.0
+
+
+def frame_crop(image: Image.Image, size: int, max_aspect: float = MAX_FRAME_ASPECT) -> Image.Image:
+    """The whole photo with its shorter side resized to `size`; the longer side is cut (centred)
+    down to `size` plus a multiple of FRAME_STEP, at most `max_aspect` x `size` (a panorama keeps
+    its middle). Its centre `size` square is `square_crop`'s to within a pixel."""
+    resized, width, height = _resize_short_side(image, size)
+    limit = int(size * max_aspect)
+
+    def cut(side: int) -> int:
+        return size + (min(side, limit) - size) // FRAME_STEP * FRAME_STEP
+
+    return _centre_crop(resized, width, height, cut(width), cut(height))
+
+
+def _resize_short_side(image: Image.Image, size: int) -> tuple[Image.Image, int, int]:
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return resized.crop((left, top, left + size, top + size))
+    return image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0), new_w, new_h
+
+
+def _centre_crop(image: Image.Image, width: int, height: int, out_w: int, out_h: int) -> Image.Image:
+    left, top = (width - out_w) // 2, (height - out_h) // 2
+    return image.crop((left, top, left + out_w, top + out_h))
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """Square RGB images of one size -> float tensor (B, 3, H, W) in [0, 1]."""
+    """RGB images of one size -> float tensor (B, 3, H, W) in [0, 1]."""
     batch = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def prepare(source: ImageInput, size: int, trim: bool = True) -> torch.Tensor:
-    """Load, trim flat borders (optional) and crop one image to a (3, size, size) tensor in [0, 1]."""
+def prepare(source: ImageInput, size: int, trim: bool = True, whole_frame: bool = False) -> torch.Tensor:
+    """Load, trim flat borders (optional) and crop one image to a (3, size, size) tensor in [0, 1]
+    (with `whole_frame`, (3, H, W): see `frame_crop`)."""
     image, _ = load_image(source)
-    return to_tensor([crop_for_embedding(image, size, trim)])[0]
+    return to_tensor([crop_for_embedding(image, size, trim, whole_frame=whole_frame)])[0]
 
 
-def prepare_with_mirror(source: ImageInput, size: int, trim: bool = True) -> torch.Tensor:
-    """(2, 3, size, size): the image and its left-right mirror, each exactly as `prepare` makes it, from
-    one decode."""
+def prepare_with_mirror(source: ImageInput, size: int, trim: bool = True, whole_frame: bool = False) -> list[torch.Tensor]:
+    """The image and its left-right mirror, each exactly as `prepare` makes it, from one decode."""
     image, _ = load_image(source)
-    return to_tensor([crop_for_embedding(image, size, trim), crop_for_embedding(image, size, trim, mirror=True)])
+    return [to_tensor([crop_for_embedding(image, size, trim, mirror, whole_frame)])[0] for mirror in (False, True)]

@@ -33,7 +33,7 @@ from indexer.engine import Decoded, EmbedEngine, Embedded, decode_file
 from indexer.files import PhotoFile, Scan, content_hash, scan_photos
 from indexer.storage import IndexSettings, PhotoIndex
 from indexer.settings import Settings
-from indexer.storage.rows import Failure, Photo, delete_failures, delete_photos, photos_under, utcnow
+from indexer.storage.rows import Failure, Photo, PhotoLatent, delete_failures, delete_photos, latent_row, photos_under, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +147,17 @@ def _hash_or_none(file: PhotoFile, plan: Plan) -> str | None:
 class _Decoded(Dataset):
     """Worker-side work: read, hash, decode, EXIF-transpose and crop one photo."""
 
-    def __init__(self, files: Sequence[PhotoFile], size: int, trim: bool = True) -> None:
-        self.files, self.size, self.trim = list(files), size, trim
+    def __init__(self, files: Sequence[PhotoFile], config: EmbeddingConfig) -> None:
+        self.files, self.config = list(files), config
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, Decoded, float]:
         started = time.perf_counter()
-        return i, decode_file(self.files[i].path, self.size, self.trim), time.perf_counter() - started
+        config = self.config
+        decoded = decode_file(self.files[i].path, config.image_size, config.trim_borders, config.whole_frame)
+        return i, decoded, time.perf_counter() - started
 
 
 def _init_worker(close_fds: tuple[int, ...], _worker_id: int) -> None:
@@ -265,7 +267,7 @@ class IndexRun:
         """The local engine: decode in worker processes, embed batches in this one."""
         options = self.embedder.options
         loader = DataLoader(
-            _Decoded(files, self.embedder.config.image_size, self.embedder.config.trim_borders),
+            _Decoded(files, self.embedder.config),
             batch_size=options.batch_size,
             num_workers=options.workers,
             collate_fn=_collate,
@@ -275,9 +277,12 @@ class IndexRun:
         for batch in loader:
             self.embedder.stage_seconds["decode (workers)"] += sum(seconds for _, _, seconds in batch)
             good = [(i, d) for i, d, _ in batch if d.failure is None]
-            vectors = self.embedder.embed_pixels(torch.stack([d.pixels for _, d in good])) if good else []
+            done = self.embedder.embed_frames([d.pixels for _, d in good])
             out = [Embedded(i, None, None, "", d.failure) for i, d, _ in batch if d.failure is not None]
-            out += [Embedded(i, vector, d.info, d.digest) for (i, d), vector in zip(good, vectors)]
+            out += [
+                Embedded(i, vector, d.info, d.digest, latent=latent)
+                for (i, d), vector, latent in zip(good, done.vectors, done.latents, strict=True)
+            ]
             yield out
 
     def _store_batch(
@@ -291,6 +296,7 @@ class IndexRun:
         if not good:
             return 0
         rows: list[Photo] = []
+        latents: list[PhotoLatent] = []
         try:  # all of the batch or none of it: an interrupt (Ctrl-C, SIGTERM) may land anywhere in here
             for item in good:
                 file, info = files[item.i], item.info
@@ -303,20 +309,22 @@ class IndexRun:
                 rows.append(row)
             delete_failures(session, [str(files[item.i].path) for item in good])  # they failed before, not now
             session.flush()  # assigns the ids that become the vector ids
+            latents += [latent_row(row.id, item.latent) for row, item in zip(rows, good) if item.latent is not None]
+            session.add_all(latents)
             vectors = np.stack([item.vector for item in good]).astype(np.float32)
             self.index.add_vectors(session, np.array([r.id for r in rows], dtype=np.int64), vectors)
         except BaseException:
-            self._undo_batch(session, rows)
+            self._undo_batch(session, rows, latents)
             raise
         updated = sum(row.path in replaced for row in rows)
         summary.updated += updated
         summary.added += len(rows) - updated
         return len(rows)
 
-    def _undo_batch(self, session: Session, rows: list[Photo]) -> None:
+    def _undo_batch(self, session: Session, rows: list[Photo], latents: list[PhotoLatent]) -> None:
         """Take back a half-stored batch, so the checkpoint that follows commits no row without its vector."""
         ids = [row.id for row in rows if row.id is not None]
-        for row in rows:
+        for row in [*rows, *latents]:
             if row in session.new:
                 session.expunge(row)
             elif row in session:

@@ -33,7 +33,7 @@ from indexer.embedding.embedder import Embedder
 from indexer.engine import Embedded, decode_file
 from indexer.errors import ConfigError, ModelLoadError
 from indexer.files import PhotoFile
-from indexer.images import ImageInfo
+from indexer.images import MAX_FRAME_ASPECT, ImageInfo
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,21 @@ def _import_ray() -> Any:
     return ray
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, trim: bool) -> dict[str, Any]:
-    """A Ray task: read, hash, decode and crop each photo (the local engine's decode, per row)."""
+def decode_batch(batch: dict[str, np.ndarray], size: int, trim: bool, whole_frame: bool = False) -> dict[str, Any]:
+    """A Ray task: read, hash, decode and crop each photo (the local engine's decode, per row).
+    Whole frames travel zero-padded to the largest frame, with their own height and width."""
     n = len(batch["path"])
-    pixels = np.zeros((n, 3, size, size), np.float32)
-    out: dict[str, list[Any]] = {"hash": [], "width": [], "height": [], "format": [], "taken_at": [], "failure": []}
+    side = int(size * MAX_FRAME_ASPECT) if whole_frame else size
+    pixels = np.zeros((n, 3, side, side), np.float32)
+    out: dict[str, list[Any]] = {"hash": [], "width": [], "height": [], "format": [], "taken_at": [], "failure": [], "frame_h": [], "frame_w": []}
     for j, path in enumerate(batch["path"]):
-        decoded = decode_file(Path(path), size, trim)
+        decoded = decode_file(Path(path), size, trim, whole_frame)
         info = decoded.info
+        frame_h, frame_w = decoded.pixels.shape[1:] if decoded.pixels is not None else (0, 0)
         if decoded.pixels is not None:
-            pixels[j] = decoded.pixels.numpy()
+            pixels[j, :, :frame_h, :frame_w] = decoded.pixels.numpy()
+        out["frame_h"].append(frame_h)
+        out["frame_w"].append(frame_w)
         out["hash"].append(decoded.digest)
         out["failure"].append(decoded.failure or "")
         out["width"].append(info.width if info else 0)
@@ -82,12 +87,22 @@ class EmbedActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         ok = batch["failure"] == ""
         vectors = np.zeros((len(ok), self.embedder.dim), np.float32)
-        if ok.any():
+        latents: list[bytes] = [b""] * len(ok)
+        shapes: list[str] = [""] * len(ok)
+        rows = np.flatnonzero(ok)
+        if len(rows):
             import torch
 
-            vectors[ok] = self.embedder.embed_pixels(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])))
+            frames = [torch.from_numpy(np.ascontiguousarray(batch["pixels"][j, :, : batch["frame_h"][j], : batch["frame_w"][j]])) for j in rows]
+            done = self.embedder.embed_frames(frames)
+            vectors[rows] = done.vectors
+            for j, latent in zip(rows, done.latents, strict=True):
+                if latent is not None:
+                    latents[j], shapes[j] = latent.tobytes(), ",".join(map(str, latent.shape))
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out["vector"] = np.array([v.tobytes() for v in vectors], dtype=object)
+        out["latent"] = np.array(latents, dtype=object)
+        out["latent_shape"] = np.array(shapes)
         return out
 
 
@@ -127,7 +142,7 @@ class RayEngine:
         started = time.perf_counter()
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // self.batch_size, 4 * cpus)))
         ds = ds.map_batches(
-            decode_batch, fn_kwargs={"size": config.image_size, "trim": config.trim_borders},
+            decode_batch, fn_kwargs={"size": config.image_size, "trim": config.trim_borders, "whole_frame": config.whole_frame},
             batch_size=self.batch_size, batch_format="numpy", num_cpus=0.5,
         )  # fmt: skip
         ds = ds.map_batches(
@@ -170,7 +185,9 @@ class RayEngine:
                         continue
                     taken = datetime.fromisoformat(row["taken_at"]) if row["taken_at"] else None
                     info = ImageInfo(int(row["width"]), int(row["height"]), row["format"], taken)
-                    batch.append(Embedded(i, np.frombuffer(row["vector"], np.float32), info, row["hash"]))
+                    shape = row.get("latent_shape") or ""  # shards written before latents were kept have none
+                    latent = np.frombuffer(row["latent"], np.float16).reshape(tuple(map(int, shape.split(",")))) if shape else None
+                    batch.append(Embedded(i, np.frombuffer(row["vector"], np.float32), info, row["hash"], latent=latent))
                 if batch:
                     yield batch
 

@@ -51,6 +51,9 @@ class Settings:
     # A query image's left-right mirror searches too (what it finds within 0.6 counts at the nearer
     # distance), so mirrored copies are found; a second embedding per query, nothing at indexing.
     mirror_queries: bool = True
+    # How many of a query image's nearest photos are re-ranked by where the query sits in each
+    # (searcher.rerank: cropped and re-framed copies come first); 0 turns it off.
+    rerank: int = 20
     max_queue: int = 64  # queries waiting to be embedded before the server answers 503
     batch_wait_ms: float = 5.0  # how long the embedding worker waits to fill a batch
     embedding: Mapping[str, Any] = field(default_factory=dict)  # EmbeddingConfig overrides

@@ -74,6 +74,13 @@ class EmbeddingConfig:
     # a framed copy meets its original (indexer.images.trim_border). Configs saved before this
     # setting existed did not trim, and read back so.
     trim_borders: bool = True
+    # Encode the whole frame (shorter side `image_size`, the longer cut to at most twice that), not
+    # just its centre square: the vector comes from the latent's centre window (the same square,
+    # within float noise of encoding it alone: val P@10 0.533 both), and the whole latent is kept
+    # so a search can re-rank its short list by where the query sits in each photo
+    # (searcher.rerank; re-framed copies 0.767 -> 0.940 recall@1 on validation). Configs saved
+    # before this setting existed encoded the square, and read back so.
+    whole_frame: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 8:
@@ -112,6 +119,7 @@ class EmbeddingConfig:
         """A config as an index stored it, from any release: settings it predates read as they were then."""
         values = {k: v for k, v in data.items() if k != "dtype"}  # dtype: a runtime option now
         values.setdefault("trim_borders", False)  # saved before the setting existed: no trimming
+        values.setdefault("whole_frame", False)  # saved before the setting existed: the centre square
         return cls.from_dict(values)
 
     @classmethod
@@ -138,6 +146,8 @@ class EmbeddingConfig:
         config = self.to_dict() | ({"dtype": legacy_dtype} if legacy_dtype else {})
         if not self.trim_borders:
             del config["trim_borders"]  # the fingerprints of configs from before the setting stay as they were
+        if not self.whole_frame:
+            del config["whole_frame"]  # likewise
         payload = json.dumps({"config": config, "model": model_fingerprint}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

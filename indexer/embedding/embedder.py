@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from functools import cached_property
 from collections import defaultdict
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from diffusers import DDIMScheduler
 from indexer.embedding.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
 from indexer.embedding.features import pool
-from indexer.images import ImageInput, prepare, prepare_with_mirror
+from indexer.images import ImageInput, crop_for_embedding, load_image, prepare, prepare_with_mirror, to_tensor
 from indexer.embedding.inversion import invert
 from indexer.embedding.model import DiffusionModel, load_model
 from indexer.embedding.projection import Projection, normalise
@@ -29,6 +30,22 @@ from indexer.threads import apply_thread_budget, thread_budget
 log = logging.getLogger(__name__)
 
 Embedding = npt.NDArray[np.float32]
+Latent = npt.NDArray[np.float16]
+
+# The query's centre square is matched against a photo's latent at these fractions of image_size
+# (zooms 1, 0.75 and 0.5625, the last a 9:16 re-crop of a 3:2 photo): bench/spatial_rerank.py.
+TEMPLATE_SCALES = (1.0, 0.75, 0.5625)
+# Latents are kept for re-ranking only from an encoder that shrinks the image at least this much
+# (a pixel-space model's "latent" is the photo itself: 8x8 times the bytes, no better to match).
+MIN_KEPT_DOWNSCALE = 8
+
+
+@dataclass(frozen=True)
+class FrameEmbeddings:
+    """What `Embedder.embed_frames` gives: each frame's vector, and its latent where the model keeps one."""
+
+    vectors: Embedding  # (n, d), unit length
+    latents: list[Latent | None]  # (C, h, w) float16 each: the whole frame's encoded latent
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -122,9 +139,10 @@ class Embedder:
             return None
         base = self.config.replace(projection=False)
         keys = [base.fingerprint(self.model.fingerprint)]
-        # Projections fitted before dtype left the config, or before borders were trimmed (the
-        # features' statistics are the same either way), still serve.
-        for candidate in (base, base.replace(trim_borders=False)):
+        # Projections fitted before dtype left the config, before borders were trimmed or on the
+        # centre square alone (the features' statistics are the same either way), still serve.
+        square = base.replace(whole_frame=False)
+        for candidate in (base, base.replace(trim_borders=False), square, square.replace(trim_borders=False)):
             keys += [candidate.fingerprint(self.model.fingerprint, legacy_dtype=d) for d in (None, *LEGACY_DTYPES)]
         found = next((self.model.projections[k] for k in keys if k in self.model.projections), None)
         key = keys[0]
@@ -158,21 +176,61 @@ class Embedder:
         return int(self.embed_pixels(torch.zeros(1, 3, self.config.image_size, self.config.image_size)).shape[1])
 
     def prepare(self, image: ImageInput) -> torch.Tensor:
-        """Decode, EXIF-transpose and crop one image to (3, S, S); raises InvalidImageError."""
-        return prepare(image, self.config.image_size, self.config.trim_borders)
+        """Decode, EXIF-transpose and crop one image to (3, S, S), or its whole frame (3, S, W) or
+        (3, H, S) when the config says so; raises InvalidImageError."""
+        return prepare(image, self.config.image_size, self.config.trim_borders, self.config.whole_frame)
 
-    def prepare_with_mirror(self, image: ImageInput) -> torch.Tensor:
-        """(2, 3, S, S): `prepare` of the image and of its left-right mirror, from one decode."""
-        return prepare_with_mirror(image, self.config.image_size, self.config.trim_borders)
+    def prepare_with_mirror(self, image: ImageInput) -> list[torch.Tensor]:
+        """`prepare` of the image and of its left-right mirror, from one decode."""
+        return prepare_with_mirror(image, self.config.image_size, self.config.trim_borders, self.config.whole_frame)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""
         started = time.perf_counter()
         pixels = [self.prepare(image) for image in images]
         self.stage_seconds["decode"] += time.perf_counter() - started
-        if not pixels:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.embed_pixels(torch.stack(pixels))
+        return self.embed_frames(pixels).vectors
+
+    @property
+    def keeps_latents(self) -> bool:
+        """Does this model give latents worth keeping for re-ranking (see MIN_KEPT_DOWNSCALE)?"""
+        return self.model.downscale >= MIN_KEPT_DOWNSCALE
+
+    @torch.no_grad()
+    def embed_frames(self, frames: Sequence[torch.Tensor]) -> FrameEmbeddings:
+        """Prepared images of any shapes (squares, or whole frames) -> their vectors and latents.
+
+        Frames of one shape are encoded together; each vector comes from the centre S x S window
+        of its frame's latent, so a square and the frame around it give the same vector to float
+        noise, and the U-Net always runs on one shape. A vector does not depend on the other frames."""
+        if not frames:
+            return FrameEmbeddings(np.zeros((0, self.dim), dtype=np.float32), [])
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, frame in enumerate(frames):
+            by_shape[tuple(frame.shape)].append(i)
+        x0: list[torch.Tensor] = [torch.empty(0)] * len(frames)
+        for indices in by_shape.values():
+            for i, latent in zip(indices, self.encode(torch.stack([frames[i] for i in indices])), strict=True):
+                x0[i] = latent
+        side = self.config.image_size // self.model.downscale
+        vectors = self.finish(self.pooled_features(torch.stack([centre_window(x, side) for x in x0])))
+        latents = [x.half().numpy() if self.keeps_latents else None for x in x0]
+        return FrameEmbeddings(vectors, latents)
+
+    def template_pixels(self, image: ImageInput) -> list[torch.Tensor]:
+        """The query's centre square at each of TEMPLATE_SCALES (decoded once), to match against
+        photos' latents (searcher.rerank)."""
+        decoded = load_image(image)[0]
+        out = []
+        for scale in TEMPLATE_SCALES:
+            size = max(self.model.downscale, round(self.config.image_size * scale / self.model.downscale) * self.model.downscale)
+            out.append(to_tensor([crop_for_embedding(decoded, size, self.config.trim_borders)])[0])
+        return out
+
+    @torch.no_grad()
+    def encode_each(self, pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each prepared image (any shapes) -> its latent (C, h, w), float32."""
+        return [self.encode(p[None])[0] for p in pixels]
 
     @torch.no_grad()
     def embed_pixels(self, pixels: torch.Tensor) -> Embedding:
@@ -254,3 +312,9 @@ class Embedder:
         return torch.cat(parts, dim=1).cpu() / math.sqrt(len(parts))
 
 
+
+
+def centre_window(latent: torch.Tensor, side: int) -> torch.Tensor:
+    """The centre side x side cells of a (C, h, w) latent (all of it when it is that size)."""
+    top, left = (latent.shape[1] - side) // 2, (latent.shape[2] - side) // 2
+    return latent[:, top : top + side, left : left + side]

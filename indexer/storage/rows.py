@@ -12,7 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, String, Text, delete, inspect, select
+import numpy as np
+import numpy.typing as npt
+
+from sqlalchemy import Engine, Float, Integer, LargeBinary, String, Text, delete, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -43,6 +46,22 @@ class Photo(Base):
     format: Mapped[str] = mapped_column(String(16))
     taken_at: Mapped[datetime | None]
     indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PhotoLatent(Base):
+    """A photo's whole-frame latent (float16, C x h x w), kept for re-ranking a search's short list.
+
+    Written in the same transaction as its photo's row and deleted with it. Indexes made before
+    latents were kept have no rows here (the table is added empty when such an index is next
+    opened for writing) and simply search without re-ranking."""
+
+    __tablename__ = "photo_latents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the photo's id
+    channels: Mapped[int]
+    height: Mapped[int]
+    width: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Failure(Base):
@@ -137,5 +156,17 @@ def delete_failures(session: Session, paths: list[str]) -> None:
 
 
 def delete_photos(session: Session, ids: list[int]) -> None:
-    """Delete rows by id (a Postgres index's vectors go with them: ON DELETE CASCADE)."""
+    """Delete rows by id, with their latents (a Postgres index's vectors go with them: ON DELETE CASCADE)."""
     delete_where_in(session, Photo.id, ids)
+    delete_where_in(session, PhotoLatent.id, ids)
+
+
+def latent_row(photo_id: int, latent: npt.NDArray[np.float16]) -> PhotoLatent:
+    channels, height, width = latent.shape
+    return PhotoLatent(id=photo_id, channels=channels, height=height, width=width, data=latent.astype(np.float16).tobytes())
+
+
+def read_latents(session: Session, ids: list[int]) -> dict[int, npt.NDArray[np.float16]]:
+    """The kept latents of these photos, by id (photos without one are left out)."""
+    rows = session.scalars(select(PhotoLatent).where(PhotoLatent.id.in_(ids))) if ids else []
+    return {r.id: np.frombuffer(r.data, np.float16).reshape(r.channels, r.height, r.width) for r in rows}

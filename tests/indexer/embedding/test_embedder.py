@@ -42,3 +42,22 @@ def test_fingerprint_tracks_config(embedder):
     assert other.fingerprint != embedder.fingerprint
     latent_only = Embedder(EmbeddingConfig(blocks=("latent",), grid=4, gap=False, projection=False), model=embedder.model)
     assert latent_only.dim == 32 * 16
+
+
+def test_whole_frame_vectors_match_the_square_and_keep_the_frames_latent(embedder, sample_photos):
+    """A whole-frame vector comes from the centre window of the frame's latent: within float noise
+    of encoding the centre square alone (the encoder sees a little past the square's edge)."""
+    assert embedder.config.whole_frame
+    photos = sample_photos[::7]
+    square = Embedder(embedder.config.replace(whole_frame=False), embedder.options, model=embedder.model)
+    assert square.projection is not None and square.projection.digest == embedder.projection.digest  # one projection serves both
+    frames = [embedder.prepare(p) for p in photos]
+    assert len({tuple(f.shape) for f in frames}) > 1 and all(min(f.shape[1:]) == 128 for f in frames)
+    done = embedder.embed_frames(frames)
+    cosines = (done.vectors * square.embed(photos)).sum(1)
+    assert np.median(cosines) > 0.97 and cosines.min() > 0.9, cosines
+    for frame, latent in zip(frames, done.latents, strict=True):
+        assert latent is not None and latent.dtype == np.float16 and latent.shape == (32, frame.shape[1] // 8, frame.shape[2] // 8)
+    again = embedder.embed_frames([frames[1]])  # alone, in a batch of its own shape
+    assert np.abs(again.vectors[0] - done.vectors[1]).max() <= 1e-5
+    assert np.abs(again.latents[0].astype(np.float32) - done.latents[1].astype(np.float32)).max() <= 1e-2
