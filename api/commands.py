@@ -29,6 +29,7 @@ def query(
     max_distance: Annotated[Optional[float], typer.Option(help="Drop results farther than this")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
     mirror: Annotated[Optional[bool], typer.Option("--mirror/--no-mirror", help="Also search as the left-right mirror, to find mirrored copies [env DIFFSEARCH_MIRROR_QUERIES; default on]")] = None,
+    rerank: Annotated[Optional[int], typer.Option(min=0, help="Re-rank this many nearest by where the photo sits in each, so crops and re-framed copies come first; 0: off [env DIFFSEARCH_RERANK; default 20]")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     device: DeviceOpt = None,
@@ -37,9 +38,9 @@ def query(
     """Find the photos most similar to IMAGE."""
     from searcher.searcher import Searcher
 
-    settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror)
+    settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror, rerank=rerank)
     try:
-        searcher = Searcher(settings.location, settings.runtime_options(), mirror=settings.mirror_queries)
+        searcher = Searcher(settings.location, settings.runtime_options(), mirror=settings.mirror_queries, rerank=settings.rerank)
         results = searcher.query(image, k, max_distance, path_prefix)
     except DiffsearchError as exc:
         fail(exc)
@@ -48,7 +49,8 @@ def query(
         _echo_list(results)
         return
     for rank, r in enumerate(results, 1):
-        typer.echo(f"{rank:>3}  {r.distance:.4f}  {r.path}")
+        match = f"  match {r.match:.3f}" if r.match is not None else ""
+        typer.echo(f"{rank:>3}  {r.distance:.4f}{match}  {r.path}")
 
 
 @app.command()

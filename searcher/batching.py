@@ -80,8 +80,13 @@ class BatchStats:
 class EmbeddingQueue:
     """One worker thread that embeds queued pixel tensors in batches."""
 
-    def __init__(self, embedder: Embedder, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64) -> None:
+    def __init__(
+        self, embedder: Embedder, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64, lock: threading.Lock | None = None
+    ) -> None:
+        """`lock`: held around each batch, so other users of the model (a searcher encoding
+        re-ranking templates) take turns with the worker instead of calling it concurrently."""
         self.embedder = embedder
+        self.model_lock = lock or threading.Lock()
         self.max_batch, self.wait = max_batch, wait_ms / 1000.0
         self.max_queue = max_queue
         self.stats = BatchStats()
@@ -103,7 +108,7 @@ class EmbeddingQueue:
             self._arriving = max(0, self._arriving + n)
 
     def submit(self, pixels: torch.Tensor, expected: bool = False) -> Future:
-        """Queue one (3, S, S) tensor; the future gives its (d,) vector."""
+        """Queue one prepared image (`Embedder.prepare`); the future gives its (d,) vector."""
         with self._lock:
             if expected:
                 self._arriving = max(0, self._arriving - 1)
@@ -134,7 +139,8 @@ class EmbeddingQueue:
         while (batch := self._take_batch()) is not None:
             started = time.perf_counter()
             try:
-                vectors = self.embedder.embed_pixels(torch.stack([pixels for pixels, _ in batch]))
+                with self.model_lock:
+                    vectors = self.embedder.embed_frames([pixels for pixels, _ in batch]).vectors
                 for (_, future), vector in zip(batch, vectors):
                     future.set_result(vector)
             except BaseException as exc:  # every waiter hears of the failure; the worker lives on

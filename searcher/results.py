@@ -17,7 +17,9 @@ class SearchResult(BaseModel):
     width: int
     height: int
     taken_at: datetime | None = None
-
+    # How well the query's centre matches somewhere in this photo (searcher.rerank), in [-1, 1];
+    # set on the results a search re-ranked, None elsewhere.
+    match: float | None = None
 
     @classmethod
     def from_row(cls, row: Photo, distance: float) -> SearchResult:

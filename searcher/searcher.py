@@ -17,12 +17,14 @@ from sqlalchemy.orm import Session
 from indexer.embedding.config import RuntimeOptions
 from indexer.embedding.embedder import Embedder
 from indexer.errors import ConfigError, IndexCorruptError, IndexMismatchError
-from indexer.images import ImageInput
+from indexer.images import ImageInput, load_image
 from indexer.storage import PhotoIndex, VectorIndex
 from indexer.embedding.model import DiffusionModel
-from indexer.storage.rows import Photo
+from indexer.storage.rows import Photo, read_latents
 from searcher.batching import EmbeddingQueue
 from searcher.search_batching import SearchBatcher
+from searcher.rerank import RERANK, with_mirrors
+from searcher.rerank import rerank as rerank_results
 from searcher.results import SearchResult
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,14 @@ class Searcher:
         options: RuntimeOptions | None = None,
         model: DiffusionModel | None = None,
         mirror: bool = True,
+        rerank: int = RERANK,
     ) -> None:
         """`location`: an index folder, or the postgresql:// URL of a Postgres index. `mirror`: whether
-        a query image also searches as its left-right mirror by default (see `query`)."""
-        self.mirror = mirror
+        a query image also searches as its left-right mirror by default (see `query`). `rerank`: how
+        many of a query image's nearest photos are re-ranked by spatial match (0: none)."""
+        if rerank < 0:
+            raise ConfigError(f"rerank must be >= 0, got {rerank}")
+        self.mirror, self.rerank = mirror, rerank
         self.index = PhotoIndex.open(location)
         settings = self.index.settings
         self.embedder = Embedder(settings.embedding, options or RuntimeOptions(workers=0), model=model)
@@ -65,7 +71,7 @@ class Searcher:
     def start_batching(self, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64) -> EmbeddingQueue:
         """From now on, concurrent `query` calls from several threads share batched forward passes."""
         if self.queue is None:
-            self.queue = EmbeddingQueue(self.embedder, max_batch, wait_ms, max_queue)
+            self.queue = EmbeddingQueue(self.embedder, max_batch, wait_ms, max_queue, lock=self._model_lock)
         if self.search_batcher is None and not self._fresh_vectors().filters_natively:
             self.search_batcher = SearchBatcher(self._fresh_vectors, max_batch=2 * max_batch)
         return self.queue
@@ -97,7 +103,7 @@ class Searcher:
         if self.queue is None:
             pixels = self._prepare(images, mirrored)
             with self._model_lock:
-                return self.embedder.embed_pixels(torch.stack(pixels)) if pixels else self.embedder.embed([])
+                return self.embedder.embed_frames(pixels).vectors
         queue = self.queue
         queue.expect(copies * len(images))  # the embedding worker waits for these while they decode
         try:
@@ -119,14 +125,21 @@ class Searcher:
         max_distance: float | None = None,
         path_prefix: str | None = None,
         mirror: bool | None = None,
+        rerank: int | None = None,
     ) -> list[SearchResult]:
         """The k nearest indexed photos to `image` (a path, bytes, file object, PIL image or array).
 
         With `mirror` (default: the searcher's setting, on unless turned off) the image's left-right
         mirror searches too, and a photo it finds within MIRROR_MAX_DISTANCE comes at the nearer of
         its two distances: a mirrored copy is found as readily as an exact one, for a second
-        embedding per query (bench/near_duplicates.py)."""
-        return self.query_batch([image], k, max_distance, path_prefix, mirror)[0]
+        embedding per query (bench/near_duplicates.py).
+
+        Then the `rerank` nearest (default: the searcher's setting, RERANK) are re-ordered by how
+        well the query matches somewhere in each (searcher.rerank), so a cropped or re-framed copy
+        comes first; those results carry their `match` score, and their distances are kept as they
+        are (so the first `rerank` need not be in distance order). Indexes without kept latents
+        are not re-ranked."""
+        return self.query_batch([image], k, max_distance, path_prefix, mirror, rerank)[0]
 
     def query_batch(
         self,
@@ -135,12 +148,36 @@ class Searcher:
         max_distance: float | None = None,
         path_prefix: str | None = None,
         mirror: bool | None = None,
+        rerank: int | None = None,
     ) -> list[list[SearchResult]]:
         mirror = self.mirror if mirror is None else mirror
-        found = self.query_vectors(self.embed(images, mirrored=mirror), k, max_distance, path_prefix)
-        if not mirror:
-            return found
-        return [_nearer_of(found[i], found[i + 1], k) for i in range(0, len(found), 2)]
+        rerank = self.rerank if rerank is None else rerank
+        if rerank < 0:
+            raise ConfigError(f"rerank must be >= 0, got {rerank}")
+        if not 1 <= k <= MAX_K:
+            raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
+        if rerank and self.embedder.keeps_latents:
+            images = [load_image(image)[0] for image in images]  # decoded once for the vector and the templates
+        else:
+            rerank = 0
+        fetch = min(MAX_K, max(k, rerank))
+        found = self.query_vectors(self.embed(images, mirrored=mirror), fetch, max_distance, path_prefix)
+        if mirror:
+            found = [_nearer_of(found[i], found[i + 1], fetch) for i in range(0, len(found), 2)]
+        if rerank:
+            found = [self._rerank(image, results, rerank) for image, results in zip(images, found, strict=True)]
+        return [results[:k] for results in found]
+
+    def _rerank(self, image: ImageInput, results: list[SearchResult], n: int) -> list[SearchResult]:
+        ids = [r.id for r in results[:n]]
+        with Session(self.index.engine) as session:
+            latents = read_latents(session, ids)
+        if len(ids) < 2 or any(i not in latents for i in ids):
+            return results  # nothing to re-order, or an index from before latents were kept
+        pixels = self.embedder.template_pixels(image)
+        with self._model_lock:
+            templates = self.embedder.encode_each(pixels)
+        return rerank_results(results, with_mirrors(templates), latents, n)
 
     def query_id(
         self, photo_id: int, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None

@@ -19,6 +19,10 @@ PathPrefix = Annotated[str | None, Query(max_length=4096, description="Only phot
 Mirror = Annotated[
     bool | None, Query(description="Also search as the left-right mirror, so mirrored copies are found (default: the server's setting, on)")
 ]
+Rerank = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_K, description="Re-rank this many nearest photos by where the query sits in each, so crops and re-framed copies come first; 0: off (default: the server's setting, 20)"),
+]
 ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 
 
@@ -45,9 +49,10 @@ async def search_upload(
     max_distance: MaxDistance = None,
     path_prefix: PathPrefix = None,
     mirror: Mirror = None,
+    rerank: Rerank = None,
 ) -> SearchResponse:
     data = await read_limited(file, int(settings.max_upload_mb * 2**20))
-    results = await run_in_threadpool(searcher.query, data, k, max_distance, path_prefix, mirror)
+    results = await run_in_threadpool(searcher.query, data, k, max_distance, path_prefix, mirror, rerank)
     return SearchResponse(data=results, count=len(results))
 
 

@@ -144,3 +144,27 @@ def test_stats_and_dedup_cli(sample_index):
     assert dedup.returncode == 0 and json.loads(dedup.stdout)["count"] == 0  # the samples are all distinct
     missing = run("query", str(ROOT / "data" / "samples" / "nope.jpg"))
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_a_reframed_upload_is_re_ranked_unless_rerank_is_off_everywhere(client, searcher, sample_index, sample_photos):
+    import io
+
+    from tests.searcher.test_rerank import reframed
+
+    original = sample_photos[49]
+    buffer = io.BytesIO()
+    reframed(original).save(buffer, format="PNG")
+    found = upload(client, buffer.getvalue(), name="q.png", k=5).json()["data"]
+    assert found[0]["path"] == str(original) and all(r["match"] is not None for r in found)
+    plain = upload(client, buffer.getvalue(), name="q.png", k=5, rerank=0).json()["data"]
+    assert all(r["match"] is None for r in plain) and plain[0]["path"] != str(original)  # re-ranking is what found it
+    assert [r["id"] for r in plain] == [r.id for r in searcher.query(buffer.getvalue(), k=5, rerank=0)]
+    assert upload(client, buffer.getvalue(), name="q.png", rerank=-1).status_code == 422
+    query_file = sample_index.parent / "reframed-query.png"
+    query_file.write_bytes(buffer.getvalue())
+    for flags, env, expected in ((["--rerank", "0"], {}, plain), ([], {"DIFFSEARCH_RERANK": "0"}, plain), ([], {}, found)):
+        cli = subprocess.run(
+            [sys.executable, "-m", "api", "query", str(query_file), "-k", "5", "--json", "--index", str(sample_index), *flags],
+            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
+        )  # fmt: skip
+        assert [r["id"] for r in json.loads(cli.stdout)["data"]] == [r["id"] for r in expected], (flags, env)

@@ -17,7 +17,9 @@ def class_of(path):
 def test_a_photo_finds_itself_first_at_distance_zero(searcher, sample_photos):
     results = searcher.query(sample_photos[5], k=5)
     assert results[0].path == str(sample_photos[5]) and results[0].distance < 1e-3
-    assert results[0].score == pytest.approx(1.0, abs=1e-5)
+    assert results[0].score == pytest.approx(1.0, abs=1e-5) and results[0].match == pytest.approx(1.0, abs=1e-2)
+    results = searcher.query(sample_photos[5], k=5, rerank=0)  # without re-ranking: nearest first
+    assert results[0].path == str(sample_photos[5]) and results[0].match is None
     assert [r.distance for r in results] == sorted(r.distance for r in results)
     assert results[0].width > 0 and results[0].height > 0
 
@@ -30,13 +32,14 @@ def test_results_are_the_exact_euclidean_neighbours(searcher, sample_photos):
     all_vectors = np.vstack([store.reconstruct(int(i)) for i in ids])
     plain = np.linalg.norm(all_vectors - query, axis=1)
     brute = ids[np.argsort(plain)[:10]]
-    assert [r.id for r in searcher.query(sample_photos[0], k=10, mirror=False)] == brute.tolist()
+    # (rerank=0: the spatial re-ranking of the nearest 20, tests/searcher/test_rerank.py, re-orders them)
+    assert [r.id for r in searcher.query(sample_photos[0], k=10, mirror=False, rerank=0)] == brute.tolist()
     # By default the query's mirror searches too: a photo it finds within MIRROR_MAX_DISTANCE comes
     # at the nearer of the two distances.
     by_mirror = np.linalg.norm(all_vectors - mirrored, axis=1)
     nearer = np.where(by_mirror <= MIRROR_MAX_DISTANCE, np.minimum(plain, by_mirror), plain)
     assert (by_mirror <= MIRROR_MAX_DISTANCE).sum() >= 1 and (nearer != plain).any()  # the mirror did find something
-    found = searcher.query(sample_photos[0], k=10)
+    found = searcher.query(sample_photos[0], k=10, rerank=0)
     assert [r.id for r in found] == ids[np.argsort(nearer)[:10]].tolist()
     assert [r.distance for r in found] == pytest.approx(np.sort(nearer)[:10].tolist(), abs=1e-4)
 

@@ -1,0 +1,79 @@
+"""Re-ranking a search's short list by where the query sits in each photo (spatial verification).
+
+A pooled vector of a whole photo cannot hold every part of it, so a re-framed or cropped copy can
+land further from its original than other photos do. Instance retrieval's classic answer is to
+verify the top of a ranking spatially; here with the latents the index keeps of each photo's
+whole frame. The query's centre square, encoded at three zooms (`Embedder.template_pixels`) and
+each also left-right mirrored, slides over each candidate's latent. The best normalised
+cross-correlation (the cosine between a template and a window, both centred by the latents' mean)
+is the candidate's match score in [-1, 1], and the short list is re-ordered by
+
+    distance^2 - MATCH_WEIGHT x score
+
+bench/spatial_rerank.py (Caltech val, 300 originals x 10 edits): near-duplicate recall@1 0.962 ->
+0.985, re-framed copies 0.767 -> 0.940, crops 0.963 -> 0.997; the score is a re-ranking signal,
+not a duplicate threshold (originals' 10th percentile 0.46, other photos' 99th 0.56).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from searcher.results import SearchResult
+
+# How many of a search's nearest photos are re-ranked (the original is among the default's top 20
+# for 99.4% of the validation queries; 33 ms per query on 2 cores).
+RERANK = 20
+# A match score of 1 is worth this much squared distance (best of 1 and 2 on validation).
+MATCH_WEIGHT = 2.0
+
+
+def with_mirrors(templates: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each template (C, h, w) followed by its left-right mirror, so mirrored copies match too."""
+    return [t for template in templates for t in (template, torch.flip(template, dims=[2]))]
+
+
+def match_scores(templates: Sequence[torch.Tensor], candidates: Sequence[torch.Tensor]) -> npt.NDArray[np.float64]:
+    """For each candidate latent (C, H, W): the best cosine between any template (C, h, w) and a
+    window of the candidate, both centred by the mean latent cell of the candidates; -1 for a
+    candidate smaller than every template."""
+    best = np.full(len(candidates), -1.0)
+    if not candidates or not templates:
+        return best
+    mean = torch.cat([c.float().flatten(1) for c in candidates], 1).mean(1)[:, None, None]
+    by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for t in templates:
+        centred = t.float() - mean
+        by_size.setdefault(tuple(centred.shape[1:]), []).append(centred / centred.norm().clamp_min(1e-6))
+    kernels = {size: torch.stack(units) for size, units in by_size.items()}
+    for r, candidate in enumerate(candidates):
+        g = candidate.float() - mean
+        energy = (g * g).sum(0)[None, None]
+        for (h, w), kernel in kernels.items():
+            if g.shape[1] < h or g.shape[2] < w:
+                continue
+            window_norms = F.conv2d(energy, torch.ones(1, 1, h, w))[0, 0].sqrt().clamp_min(1e-6)
+            cosines = F.conv2d(g[None], kernel)[0] / window_norms
+            best[r] = max(best[r], float(cosines.max()))
+    return best
+
+
+def rerank(
+    results: list[SearchResult], templates: Sequence[torch.Tensor], latents: Mapping[int, npt.NDArray[np.float16]], n: int = RERANK
+) -> list[SearchResult]:
+    """`results` (nearest first) with the first `n` re-ordered by distance^2 - MATCH_WEIGHT x match
+    score, each carrying its score; the rest follow as they were. Unchanged when any of the first
+    `n` has no kept latent (an index from before latents were kept): a partial re-ranking would
+    favour the photos that happen to have one."""
+    head = results[:n]
+    if len(head) < 2 or any(r.id not in latents for r in head):
+        return results
+    scores = match_scores(templates, [torch.from_numpy(latents[r.id].astype(np.float32)) for r in head])
+    keys = [r.distance**2 - MATCH_WEIGHT * s for r, s in zip(head, scores, strict=True)]
+    order = np.argsort(keys, kind="stable")
+    return [head[i].model_copy(update={"match": float(scores[i])}) for i in order] + results[n:]

@@ -1,0 +1,113 @@
+"""Re-ranking a search's short list by spatial match (searcher.rerank), on real latents of the samples."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from indexer.images import load_image
+from searcher.rerank import MATCH_WEIGHT, RERANK, match_scores, rerank, with_mirrors
+from searcher.results import SearchResult
+
+
+def reframed(path, left=0.25, aspect=9 / 16):
+    """A portrait re-crop of a landscape photo (or the reverse): the edit vectors handle worst."""
+    image = load_image(path)[0]
+    w, h = image.size
+    if w >= h:
+        cw = int(h * aspect)
+        x = int((w - cw) * left)
+        return image.crop((x, 0, x + cw, h))
+    ch = int(w * aspect)
+    y = int((h - ch) * left)
+    return image.crop((0, y, w, y + ch))
+
+
+def test_a_window_cut_from_a_latent_matches_there_best(embedder, sample_photos):
+    frames = [embedder.prepare(p) for p in sample_photos[:6]]
+    latents = [torch.from_numpy(x.astype(np.float32)) for x in embedder.embed_frames(frames).latents]
+    template = latents[2][:, 1:13, 2:12]  # any part of photo 2's latent
+    scores = match_scores([template], latents)
+    assert scores[2] == pytest.approx(1.0, abs=1e-3)  # centred by the same mean, it is the window itself
+    assert scores.argmax() == 2 and np.delete(scores, 2).max() < 0.9
+    mirrored = match_scores(with_mirrors([torch.flip(template, dims=[2])]), latents)
+    assert mirrored[2] == pytest.approx(1.0, abs=1e-3)  # a mirrored template finds it through its mirror
+    assert match_scores([torch.zeros(32, 30, 30)], latents).tolist() == [-1.0] * 6  # fits in none: no score
+
+
+def result(id_, distance):
+    return SearchResult(id=id_, path=f"/p/{id_}", distance=distance, score=1 - distance**2 / 2, width=1, height=1)
+
+
+def test_rerank_reorders_the_head_by_distance_and_match_and_keeps_the_tail():
+    rng = np.random.default_rng(0)
+    latents = {i: rng.standard_normal((4, 8, 8)).astype(np.float16) for i in range(1, 5)}
+    template = torch.from_numpy(latents[3][:, 2:6, 2:6].astype(np.float32))
+    results = [result(i, 0.5 + 0.01 * i) for i in range(1, 6)]
+    out = rerank(results, [template], latents, n=4)
+    assert out[0].id == 3 and out[-1].id == 5  # photo 3 holds the query; 5 is past the head, where it was
+    assert out[0].match == pytest.approx(1.0, abs=1e-2) and out[0].distance == results[2].distance
+    keys = [r.distance**2 - MATCH_WEIGHT * r.match for r in out[:4]]
+    assert keys == sorted(keys) and out[-1].match is None
+    assert rerank(results, [template], {i: v for i, v in latents.items() if i != 2}, n=4) == results  # one lacks a latent
+
+
+def test_reframed_copies_find_their_originals_first_far_more_often(searcher, sample_photos):
+    photos = sample_photos[::2]
+    reranked = plain = 0
+    for path in photos:
+        query = reframed(path)
+        found = searcher.query(query, k=RERANK)
+        assert all(r.match is not None for r in found) and -1 <= min(r.match for r in found) <= max(r.match for r in found) <= 1
+        without = searcher.query(query, k=RERANK, rerank=0)
+        assert all(r.match is None for r in without)
+        assert sorted(r.id for r in without) == sorted(r.id for r in found)  # the same 20, re-ordered
+        reranked += found[0].path == str(path)
+        plain += without[0].path == str(path)
+    # Measured on all 64 samples: 60 first with re-ranking, 40 without.
+    assert reranked >= 0.85 * len(photos) and reranked >= plain + 5, (reranked, plain, len(photos))
+
+
+def test_an_index_without_kept_latents_searches_as_before(tmp_path, sample_index, default_model, sample_photos):
+    import shutil
+
+    from indexer.embedding.config import RuntimeOptions
+    from searcher.searcher import Searcher
+
+    copy = tmp_path / "old-index"
+    shutil.copytree(sample_index, copy)
+    with sqlite3.connect(copy / "index.db") as db:
+        db.execute("DROP TABLE photo_latents")  # as an index from before latents were kept
+    old = Searcher(copy, RuntimeOptions(device="cpu", workers=0), model=default_model)
+    query = reframed(sample_photos[4])
+    found = old.query(query, k=5)
+    assert all(r.match is None for r in found)
+    assert [r.id for r in found] == [r.id for r in old.query(query, k=5, rerank=0)]
+    old.close()
+
+
+def test_kept_latents_are_the_whole_frame_and_go_with_their_rows(tmp_path, embedder, sample_photos):
+    import shutil
+
+    from indexer.indexing import index_photos
+    from indexer.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sample_photos[:3]:
+        shutil.copy(p, photos)
+    settings = Settings.load(env={}, index_dir=tmp_path / "index", workers=0)
+    index_photos([photos], settings, embedder=embedder)
+    db = sqlite3.connect(tmp_path / "index" / "index.db")
+    rows = db.execute("SELECT p.path, l.channels, l.height, l.width FROM photos p JOIN photo_latents l ON l.id = p.id").fetchall()
+    assert len(rows) == 3
+    for path, channels, height, width in rows:
+        w, h = Image.open(path).size
+        assert channels == 32 and min(height, width) == 16 and max(height, width) <= 32
+        assert (width > height) == (w > h) or width == height  # the frame's orientation, not a square
+    (photos / sample_photos[0].name).unlink()
+    index_photos([photos], settings, embedder=embedder)
+    assert db.execute("SELECT count(*) FROM photo_latents").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM photo_latents l LEFT JOIN photos p ON p.id = l.id WHERE p.id IS NULL").fetchone()[0] == 0
