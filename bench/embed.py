@@ -2,7 +2,7 @@
 
     python bench/embed.py [--repeat 5] [--quick]
 
-Stages: decode (read + EXIF + crop), encode (TAEF2), inversion (k DDIM steps), features (one U-Net
+Stages: decode (read + EXIF + crop), encode (TAEF2; the whole frame by default, one row the centre square alone), inversion (k DDIM steps), features (one U-Net
 pass + pooling). Rows for k in {0, 1, 3} at two image sizes, then the default config on each runtime
 (torch, OpenVINO) in bf16 and fp32; the last column is one photo embedded alone (what a lone HTTP
 query waits for, decode excluded). The reference is transformers' CLIPVisionModel built from a
@@ -34,9 +34,9 @@ from indexer.embedding.model import load_model  # noqa: E402
 from indexer.embedding.runtimes import pick_runtime  # noqa: E402
 
 
-def time_decode(photos: list[Path], size: int) -> tuple[torch.Tensor, float]:
+def time_decode(photos: list[Path], size: int, whole_frame: bool = False) -> tuple[list[torch.Tensor], float]:
     started = time.perf_counter()
-    pixels = torch.stack([prepare(p, size) for p in photos])
+    pixels = [prepare(p, size, whole_frame=whole_frame) for p in photos]
     return pixels, time.perf_counter() - started
 
 
@@ -45,21 +45,21 @@ class EmbedRun:
 
     def __init__(self, model, config: EmbeddingConfig, photos: list[Path], dtype: str = "auto", runtime: str = "auto") -> None:  # noqa: ANN001
         self.embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, dtype=dtype, runtime=runtime), model=model)
-        self.photos, self.size = photos, config.image_size
-        self.pixels, _ = time_decode(photos, config.image_size)
-        self.embedder.embed_pixels(self.pixels[:8])  # warm-up: kernels are picked
+        self.photos, self.size, self.whole_frame = photos, config.image_size, config.whole_frame
+        self.pixels, _ = time_decode(photos, config.image_size, config.whole_frame)
+        self.embedder.embed_frames(self.pixels)  # warm-up: kernels are picked, graphs compiled for every frame shape
 
     def round(self) -> dict[str, float]:
-        self.pixels, decode = time_decode(self.photos, self.size)
+        self.pixels, decode = time_decode(self.photos, self.size, self.whole_frame)
         self.embedder.stage_seconds.clear()
         started = time.perf_counter()
-        self.embedder.embed_pixels(self.pixels)
+        self.embedder.embed_frames(self.pixels)
         n = len(self.pixels)
         row = {"decode": n / decode, "end to end": n / (time.perf_counter() - started + decode)}
         for stage in ("encode", "inversion", "features"):
             seconds = self.embedder.stage_seconds.get(stage, 0.0)
             row[stage] = n / seconds if seconds > 1e-3 else float("nan")  # k=0 runs no inversion: shown as "-"
-        row["lone ms"] = lone_ms(lambda i: self.embedder.embed_pixels(self.pixels[i : i + 1]))
+        row["lone ms"] = lone_ms(lambda i: self.embedder.embed_frames(self.pixels[i : i + 1]))
         return row
 
 
@@ -74,7 +74,7 @@ class ClipRun:
         self.model = CLIPVisionModel(config).eval()
         self.bf16 = bf16
         self.photos = photos
-        self.pixels, _ = time_decode(photos, 224)
+        self.pixels = torch.stack(time_decode(photos, 224)[0])
         self._forward(self.pixels[:8])
 
     @torch.no_grad()
@@ -83,7 +83,8 @@ class ClipRun:
             self.model(pixel_values=pixels)
 
     def round(self) -> dict[str, float]:
-        self.pixels, decode = time_decode(self.photos, 224)
+        pixels, decode = time_decode(self.photos, 224)
+        self.pixels = torch.stack(pixels)
         started = time.perf_counter()
         for i in range(0, len(self.pixels), 32):
             self._forward(self.pixels[i : i + 32])
@@ -130,6 +131,7 @@ def main() -> None:
             config = default.replace(image_size=size, inversion_steps=k, timestep=t)
             tag = " [default]" if config == default else ""
             runs.append((f"diffsearch {size}px k={k} auto={short[auto]} {runtime}{tag}", EmbedRun(model, config, photos)))
+    runs.append((f"diffsearch default config, centre square only (whole_frame=False) {runtime}", EmbedRun(model, default.replace(whole_frame=False), photos)))
     for name in ("torch", "openvino"):
         for dtype in ("bfloat16", "float32"):
             runs.append((f"diffsearch default config, {name} {short[dtype]} forced", EmbedRun(model, default, photos, dtype, name)))
