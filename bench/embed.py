@@ -34,9 +34,9 @@ from indexer.embedding.model import load_model  # noqa: E402
 from indexer.embedding.runtimes import pick_runtime  # noqa: E402
 
 
-def time_decode(photos: list[Path], size: int, whole_frame: bool = False) -> tuple[list[torch.Tensor], float]:
+def time_decode(photos: list[Path], size: int, frame_aspect: float = 1.0) -> tuple[list[torch.Tensor], float]:
     started = time.perf_counter()
-    pixels = [prepare(p, size, whole_frame=whole_frame) for p in photos]
+    pixels = [prepare(p, size, frame_aspect=frame_aspect) for p in photos]
     return pixels, time.perf_counter() - started
 
 
@@ -45,12 +45,12 @@ class EmbedRun:
 
     def __init__(self, model, config: EmbeddingConfig, photos: list[Path], dtype: str = "auto", runtime: str = "auto") -> None:  # noqa: ANN001
         self.embedder = Embedder(config, RuntimeOptions(device="cpu", batch_size=32, dtype=dtype, runtime=runtime), model=model)
-        self.photos, self.size, self.whole_frame = photos, config.image_size, config.whole_frame
-        self.pixels, _ = time_decode(photos, config.image_size, config.whole_frame)
+        self.photos, self.size, self.frame_aspect = photos, config.image_size, config.frame_aspect
+        self.pixels, _ = time_decode(photos, config.image_size, config.frame_aspect)
         self.embedder.embed_frames(self.pixels)  # warm-up: kernels are picked, graphs compiled for every frame shape
 
     def round(self) -> dict[str, float]:
-        self.pixels, decode = time_decode(self.photos, self.size, self.whole_frame)
+        self.pixels, decode = time_decode(self.photos, self.size, self.frame_aspect)
         self.embedder.stage_seconds.clear()
         started = time.perf_counter()
         self.embedder.embed_frames(self.pixels)
@@ -131,7 +131,8 @@ def main() -> None:
             config = default.replace(image_size=size, inversion_steps=k, timestep=t)
             tag = " [default]" if config == default else ""
             runs.append((f"diffsearch {size}px k={k} auto={short[auto]} {runtime}{tag}", EmbedRun(model, config, photos)))
-    runs.append((f"diffsearch default config, centre square only (whole_frame=False) {runtime}", EmbedRun(model, default.replace(whole_frame=False), photos)))
+    for aspect in (1.0, 2.0):
+        runs.append((f"diffsearch default config, frame_aspect={aspect:g} {runtime}", EmbedRun(model, default.replace(frame_aspect=aspect), photos)))
     for name in ("torch", "openvino"):
         for dtype in ("bfloat16", "float32"):
             runs.append((f"diffsearch default config, {name} {short[dtype]} forced", EmbedRun(model, default, photos, dtype, name)))

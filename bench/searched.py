@@ -9,6 +9,11 @@ and each edited copy (indexer.training.views.EDITS, the same seeds and originals
 near_duplicates.py) is searched with the default settings: its mirror too, then the nearest 20
 re-ranked by spatial match (searcher.rerank). The row without re-ranking is the same search's
 20 results in distance order. Caltech's Faces_easy/Faces twins count as the original, as there.
+
+Class retrieval as searched (--classes): every gallery photo queries the index as a user's photo
+would (itself excluded from its results); P@1 and P@10 of its class among the rest, with and
+without re-ranking. (bench/generalisation.py measures the models on cached centre-square latents,
+without re-ranking; this is the product's search order.)
 """
 
 from __future__ import annotations
@@ -50,16 +55,35 @@ def build_index(photos: list[Path], where: Path) -> None:
     print(f"index: {summary.added} added, {summary.unchanged} unchanged, {summary.failed} failed in {summary.seconds:.0f} s")
 
 
+def class_retrieval(searcher: Searcher, gallery: list[Path], batch: int) -> dict[str, dict[str, float]]:
+    """Each gallery photo as a query: P@1 and P@10 of its class among the other photos, as searched."""
+    classes = np.array([p.parent.name for p in gallery])
+    by_link = {f"{p.parent.name}__{p.name}": i for i, p in enumerate(gallery)}
+    hits: dict[str, list[np.ndarray]] = {"re-ranked (default)": [], "no re-ranking": []}
+    for start in tqdm(range(0, len(gallery), batch), desc="class queries", unit="batch"):
+        found = searcher.query_batch(gallery[start : start + batch], k=RERANK + 1)
+        for q, results in enumerate(found, start):
+            ranked = [r for r in results if by_link[Path(r.path).name] != q]
+            plain = sorted(ranked, key=lambda r: r.distance)
+            for name, rows in (("re-ranked (default)", ranked), ("no re-ranking", plain)):
+                hits[name].append(classes[[by_link[Path(r.path).name] for r in rows[:10]]] == classes[q])
+    out = {name: {"P@1": float(np.mean([h[0] for h in rows])), "P@10": float(np.mean([h.mean() for h in rows]))} for name, rows in hits.items()}
+    print(f"\nclass retrieval as searched, {len(gallery)} queries: " + "; ".join(f"{n} P@1 {v['P@1']:.3f}, P@10 {v['P@10']:.3f}" for n, v in out.items()))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--originals", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--batch", type=int, default=16, help="queries per query_batch call")
+    parser.add_argument("--index-dir", type=Path, help="where the gallery's index is kept [runs/searched-SPLIT]")
+    parser.add_argument("--classes", action=argparse.BooleanOptionalAction, default=True, help="also class retrieval as searched")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "searched.json")
     args = parser.parse_args()
     gallery = LabelledSet.from_list(SPLITS / f"{args.split}.txt", CALTECH).paths
-    where = ROOT / "runs" / f"searched-{args.split}"
+    where = args.index_dir or ROOT / "runs" / f"searched-{args.split}"
     build_index(gallery, where)
     picked = np.sort(np.random.default_rng(args.seed).choice(len(gallery), args.originals, replace=False))
     canonical = same_photo(gallery)
@@ -99,6 +123,8 @@ def main() -> None:
         out["rows"][name] = {"R@1": float(r1.mean()), "R@10": float(r10.mean()), "per_edit_R@1": per_edit,
                              "per_edit_R@10": {e: float(r10[names == e].mean()) for e in EDITS}}  # fmt: skip
         print(f"| {name} | {r1.mean():.3f} | {r10.mean():.3f} | " + " | ".join(f"{v:.3f}" for v in per_edit.values()) + " |")
+    if args.classes:
+        out["classes"] = class_retrieval(searcher, gallery, args.batch)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwritten: {args.out}")
 

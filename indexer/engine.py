@@ -45,10 +45,10 @@ class Decoded:
     failure: str | None
 
 
-def decode_file(path: Path, size: int, trim: bool, whole_frame: bool = False) -> Decoded:
+def decode_file(path: Path, size: int, trim: bool, frame_aspect: float = 1.0) -> Decoded:
     try:
         image, info = load_image(path)
-        pixels = to_tensor([crop_for_embedding(image, size, trim, whole_frame=whole_frame)])[0]
+        pixels = to_tensor([crop_for_embedding(image, size, trim, frame_aspect=frame_aspect)])[0]
         return Decoded(pixels, info, content_hash(path), None)
     except InvalidImageError as exc:
         return Decoded(None, None, "", exc.reason)

@@ -211,17 +211,17 @@ def trim_border(image: Image.Image, tolerance: float = 6.0, max_fraction: float 
 
 
 def crop_for_embedding(
-    image: Image.Image, size: int, trim: bool = True, mirror: bool = False, whole_frame: bool = False
+    image: Image.Image, size: int, trim: bool = True, mirror: bool = False, frame_aspect: float = 1.0
 ) -> Image.Image:
     """What every photo goes through before the encoder: flat borders trimmed, then the centre
-    square (or with `whole_frame`, the frame: see `frame_crop`).
+    square, or with `frame_aspect` > 1 as much of the frame around it as that allows (`frame_crop`).
 
     `mirror`: of the photo's left-right mirror, mirrored first, as a mirrored copy would be cropped.
     (Flipping the cropped square is not the same: a centre crop of odd margin moves by a pixel,
     which moved a vector by 0.14.)"""
     image = ImageOps.mirror(image) if mirror else image
     image = trim_border(image) if trim else image
-    return frame_crop(image, size) if whole_frame else square_crop(image, size)
+    return frame_crop(image, size, frame_aspect) if frame_aspect > 1 else square_crop(image, size)
 
 
 def square_crop(image: Image.Image, size: int) -> Image.Image:
@@ -233,13 +233,12 @@ def square_crop(image: Image.Image, size: int) -> Image.Image:
 # the centre square sits exactly in the middle of the frame's latent, and few distinct shapes
 # share the encoder's batches.
 FRAME_STEP = 16
-MAX_FRAME_ASPECT = 2.0
 
 
-def frame_crop(image: Image.Image, size: int, max_aspect: float = MAX_FRAME_ASPECT) -> Image.Image:
-    """The whole photo with its shorter side resized to `size`; the longer side is cut (centred)
-    down to `size` plus a multiple of FRAME_STEP, at most `max_aspect` x `size` (a panorama keeps
-    its middle). Its centre `size` square is `square_crop`'s to within a pixel."""
+def frame_crop(image: Image.Image, size: int, max_aspect: float) -> Image.Image:
+    """The photo with its shorter side resized to `size`; the longer side is cut (centred) down to
+    `size` plus a multiple of FRAME_STEP, at most `max_aspect` x `size` (a wider photo keeps its
+    middle). Its centre `size` square is `square_crop`'s to within a pixel."""
     resized, width, height = _resize_short_side(image, size)
     limit = int(size * max_aspect)
 
@@ -267,14 +266,14 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def prepare(source: ImageInput, size: int, trim: bool = True, whole_frame: bool = False) -> torch.Tensor:
+def prepare(source: ImageInput, size: int, trim: bool = True, frame_aspect: float = 1.0) -> torch.Tensor:
     """Load, trim flat borders (optional) and crop one image to a (3, size, size) tensor in [0, 1]
-    (with `whole_frame`, (3, H, W): see `frame_crop`)."""
+    (with `frame_aspect` > 1, (3, H, W): see `frame_crop`)."""
     image, _ = load_image(source)
-    return to_tensor([crop_for_embedding(image, size, trim, whole_frame=whole_frame)])[0]
+    return to_tensor([crop_for_embedding(image, size, trim, frame_aspect=frame_aspect)])[0]
 
 
-def prepare_with_mirror(source: ImageInput, size: int, trim: bool = True, whole_frame: bool = False) -> list[torch.Tensor]:
+def prepare_with_mirror(source: ImageInput, size: int, trim: bool = True, frame_aspect: float = 1.0) -> list[torch.Tensor]:
     """The image and its left-right mirror, each exactly as `prepare` makes it, from one decode."""
     image, _ = load_image(source)
-    return [to_tensor([crop_for_embedding(image, size, trim, mirror, whole_frame)])[0] for mirror in (False, True)]
+    return [to_tensor([crop_for_embedding(image, size, trim, mirror, frame_aspect)])[0] for mirror in (False, True)]

@@ -124,6 +124,9 @@ def test_the_scaling_out_walkthrough_runs_and_matches_the_default(ray_local, sea
         local, distributed = vectors_by_path(searcher.index.location), vectors_by_path(url)
         assert local.keys() == distributed.keys()
         assert max(float(abs(local[p] - distributed[p]).max()) for p in local) <= 1e-5
+        local_latents, ray_latents = latents_by_path(searcher.index.location), latents_by_path(url)
+        assert local_latents.keys() == ray_latents.keys() == local.keys()  # the Ray engine keeps them too
+        assert max(float(abs(local_latents[p].astype("float32") - ray_latents[p]).max()) for p in local) <= 1e-2
     finally:
         subprocess.run(["bash", "-c", stop], env=env, capture_output=True)
         shutil.rmtree(pg_dir, ignore_errors=True)
@@ -141,5 +144,22 @@ def vectors_by_path(location: str):  # noqa: ANN201
         with Session(index.engine) as session:
             rows = session.execute(select(Photo.path, Photo.id)).all()
         return {path: index.vectors.reconstruct(id_) for path, id_ in rows}
+    finally:
+        index.close()
+
+
+def latents_by_path(location: str):  # noqa: ANN201
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from indexer.storage import PhotoIndex
+    from indexer.storage.rows import Photo, read_latents
+
+    index = PhotoIndex.open(location)
+    try:
+        with Session(index.engine) as session:
+            rows = session.execute(select(Photo.path, Photo.id)).all()
+            latents = read_latents(session, [id_ for _, id_ in rows])
+        return {path: latents[id_] for path, id_ in rows if id_ in latents}
     finally:
         index.close()

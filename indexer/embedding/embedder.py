@@ -141,7 +141,7 @@ class Embedder:
         keys = [base.fingerprint(self.model.fingerprint)]
         # Projections fitted before dtype left the config, before borders were trimmed or on the
         # centre square alone (the features' statistics are the same either way), still serve.
-        square = base.replace(whole_frame=False)
+        square = base.replace(frame_aspect=1.0)
         for candidate in (base, base.replace(trim_borders=False), square, square.replace(trim_borders=False)):
             keys += [candidate.fingerprint(self.model.fingerprint, legacy_dtype=d) for d in (None, *LEGACY_DTYPES)]
         found = next((self.model.projections[k] for k in keys if k in self.model.projections), None)
@@ -176,13 +176,13 @@ class Embedder:
         return int(self.embed_pixels(torch.zeros(1, 3, self.config.image_size, self.config.image_size)).shape[1])
 
     def prepare(self, image: ImageInput) -> torch.Tensor:
-        """Decode, EXIF-transpose and crop one image to (3, S, S), or its whole frame (3, S, W) or
-        (3, H, S) when the config says so; raises InvalidImageError."""
-        return prepare(image, self.config.image_size, self.config.trim_borders, self.config.whole_frame)
+        """Decode, EXIF-transpose and crop one image to (3, S, S), or its frame (3, S, W) or (3, H, S)
+        when the config's frame_aspect allows one; raises InvalidImageError."""
+        return prepare(image, self.config.image_size, self.config.trim_borders, self.config.frame_aspect)
 
     def prepare_with_mirror(self, image: ImageInput) -> list[torch.Tensor]:
         """`prepare` of the image and of its left-right mirror, from one decode."""
-        return prepare_with_mirror(image, self.config.image_size, self.config.trim_borders, self.config.whole_frame)
+        return prepare_with_mirror(image, self.config.image_size, self.config.trim_borders, self.config.frame_aspect)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""

@@ -108,25 +108,23 @@ def test_flat_borders_are_trimmed_and_photos_are_left_alone():
     assert trim_border(flat).size == (64, 64)  # flat all over: nothing sensible to keep, so keep all
 
 
-def test_frame_crop_keeps_the_whole_frame_around_the_centre_square():
-    from indexer.images import FRAME_STEP, frame_crop
+def test_frame_crop_keeps_the_frame_around_the_centre_square():
+    from indexer.images import FRAME_STEP, crop_for_embedding, frame_crop
 
     rng = np.random.default_rng(1)
     photo = Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))  # 3:2 landscape
-    frame = frame_crop(photo, 128)
-    assert frame.size == (192, 128)
-    assert frame_crop(photo.transpose(Image.Transpose.TRANSPOSE), 128).size == (128, 192)  # portrait
-    assert frame_crop(photo.resize((900, 200)), 128).size == (256, 128)  # a panorama keeps its middle 2:1
-    assert frame_crop(photo.resize((210, 200)), 128).size == (128, 128)  # nearly square: a square
-    odd = frame_crop(photo.resize((251, 200)), 128)  # long side 161 px: cut to the step below
+    frame = frame_crop(photo, 128, 2.0)
+    assert frame.size == (192, 128)  # all of it
+    assert frame_crop(photo.transpose(Image.Transpose.TRANSPOSE), 128, 2.0).size == (128, 192)  # portrait
+    assert frame_crop(photo.resize((900, 200)), 128, 2.0).size == (256, 128)  # a panorama keeps its middle 2:1
+    assert frame_crop(photo, 128, 1.25).size == (160, 128)  # the default's cap
+    assert frame_crop(photo.resize((210, 200)), 128, 2.0).size == (128, 128)  # nearly square: a square
+    odd = frame_crop(photo.resize((251, 200)), 128, 2.0)  # long side 161 px: cut to the step below
     assert odd.size == (128 + FRAME_STEP * 2, 128)
-    # Its centre square is the square crop, to within a pixel of alignment.
+    # Its centre square is the square crop, to within a pixel of alignment; aspect 1 is the square.
     w = frame.size[0]
     centre = np.asarray(frame.crop(((w - 128) // 2, 0, (w + 128) // 2, 128)), dtype=np.float32)
     square = np.asarray(square_crop(photo, 128), dtype=np.float32)
     assert np.abs(centre - square).mean() < 1.0
-    assert prepare_frame_shape(photo) == (3, 128, 192)
-
-
-def prepare_frame_shape(photo):
-    return tuple(prepare(photo, 128, whole_frame=True).shape)
+    assert np.array_equal(np.asarray(crop_for_embedding(photo, 128, frame_aspect=1.0)), np.asarray(square_crop(photo, 128)))
+    assert tuple(prepare(photo, 128, frame_aspect=1.25).shape) == (3, 128, 160)

@@ -66,8 +66,9 @@ def test_reframed_copies_find_their_originals_first_far_more_often(searcher, sam
         assert sorted(r.id for r in without) == sorted(r.id for r in found)  # the same 20, re-ordered
         reranked += found[0].path == str(path)
         plain += without[0].path == str(path)
-    # Measured on all 64 samples: 60 first with re-ranking, 40 without.
-    assert reranked >= 0.85 * len(photos) and reranked >= plain + 5, (reranked, plain, len(photos))
+    # Measured on these 32: 27 first with re-ranking, 21 without (frame_aspect 1.25; a strip this
+    # far from the middle lies partly outside the kept frame).
+    assert reranked >= 0.75 * len(photos) and reranked >= plain + 4, (reranked, plain, len(photos))
 
 
 def test_an_index_without_kept_latents_searches_as_before(tmp_path, sample_index, default_model, sample_photos):
@@ -88,7 +89,7 @@ def test_an_index_without_kept_latents_searches_as_before(tmp_path, sample_index
     old.close()
 
 
-def test_kept_latents_are_the_whole_frame_and_go_with_their_rows(tmp_path, embedder, sample_photos):
+def test_kept_latents_are_the_frame_and_go_with_their_rows(tmp_path, embedder, sample_photos):
     import shutil
 
     from indexer.indexing import index_photos
@@ -105,7 +106,7 @@ def test_kept_latents_are_the_whole_frame_and_go_with_their_rows(tmp_path, embed
     assert len(rows) == 3
     for path, channels, height, width in rows:
         w, h = Image.open(path).size
-        assert channels == 32 and min(height, width) == 16 and max(height, width) <= 32
+        assert channels == 32 and min(height, width) == 16 and max(height, width) <= 20  # frame_aspect 1.25
         assert (width > height) == (w > h) or width == height  # the frame's orientation, not a square
     (photos / sample_photos[0].name).unlink()
     index_photos([photos], settings, embedder=embedder)

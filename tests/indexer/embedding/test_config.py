@@ -38,15 +38,15 @@ def test_unknown_keys_and_runtime_limits():
 
 
 def test_dtype_is_not_part_of_the_fingerprint_but_old_indexes_still_match():
-    newer = ("trim_borders", "whole_frame")
+    newer = ("trim_borders", "frame_aspect")
     old = {k: v for k, v in EmbeddingConfig().to_dict().items() if k not in newer} | {"dtype": "bfloat16"}  # stored before
     config = EmbeddingConfig.from_stored(old)
-    assert config == EmbeddingConfig(trim_borders=False, whole_frame=False)  # it predates both: no trimming, the square
+    assert config == EmbeddingConfig(trim_borders=False, frame_aspect=1.0)  # it predates both: no trimming, the square
     assert config.fingerprint("m", legacy_dtype="bfloat16") != config.fingerprint("m")
     assert EmbeddingConfig.from_dict({"timestep": 50}).trim_borders  # a partial config keeps today's defaults
-    assert EmbeddingConfig.from_dict({"timestep": 50}).whole_frame
-    stored_last_release = EmbeddingConfig().to_dict() | {"whole_frame": False}
-    square = EmbeddingConfig.from_stored({k: v for k, v in stored_last_release.items() if k != "whole_frame"})
+    assert EmbeddingConfig.from_dict({"timestep": 50}).frame_aspect == 1.25
+    stored_last_release = EmbeddingConfig().to_dict() | {"frame_aspect": 1.0}
+    square = EmbeddingConfig.from_stored({k: v for k, v in stored_last_release.items() if k != "frame_aspect"})
     assert square.fingerprint("m") == EmbeddingConfig.from_stored(stored_last_release).fingerprint("m")  # unchanged by the setting
     assert square.fingerprint("m") != EmbeddingConfig().fingerprint("m")  # whole-frame vectors are not mixed with square ones
     import hashlib, json  # noqa: E401 - the exact payload the earlier release hashed

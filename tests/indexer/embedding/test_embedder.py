@@ -47,9 +47,9 @@ def test_fingerprint_tracks_config(embedder):
 def test_whole_frame_vectors_match_the_square_and_keep_the_frames_latent(embedder, sample_photos):
     """A whole-frame vector comes from the centre window of the frame's latent: within float noise
     of encoding the centre square alone (the encoder sees a little past the square's edge)."""
-    assert embedder.config.whole_frame
+    assert embedder.config.frame_aspect > 1
     photos = sample_photos[::7]
-    square = Embedder(embedder.config.replace(whole_frame=False), embedder.options, model=embedder.model)
+    square = Embedder(embedder.config.replace(frame_aspect=1.0), embedder.options, model=embedder.model)
     assert square.projection is not None and square.projection.digest == embedder.projection.digest  # one projection serves both
     frames = [embedder.prepare(p) for p in photos]
     assert len({tuple(f.shape) for f in frames}) > 1 and all(min(f.shape[1:]) == 128 for f in frames)

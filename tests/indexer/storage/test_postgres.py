@@ -36,8 +36,9 @@ def test_samples_give_the_same_vectors_and_top10_as_faiss(pg_url, tmp_path, sear
             assert [h.path for h in pg_hits] == [h.path for h in faiss_hits]
             np.testing.assert_allclose([h.distance for h in pg_hits], [h.distance for h in faiss_hits], atol=1e-5)
         by_path = {r.path: r for r in searcher.query(sample_photos[3], k=5)}
-        for hit in pg.query(sample_photos[3], k=5):
+        for hit in pg.query(sample_photos[3], k=5):  # re-ranked alike: Postgres keeps the latents too
             assert hit.path in by_path and abs(hit.distance - by_path[hit.path].distance) < 1e-5
+            assert hit.match is not None and abs(hit.match - by_path[hit.path].match) < 1e-5
         only = str(SAMPLES / sample_photos[5].name)
         assert [h.path for h in pg.query(sample_photos[5], k=3, path_prefix=only)] == [only]
         assert len(find_duplicates(pg)) == len(find_duplicates(searcher))
