@@ -33,7 +33,7 @@ from sqlalchemy import insert, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from indexer.storage import PhotoIndex  # noqa: E402
-from indexer.storage.rows import Photo  # noqa: E402
+from indexer.storage.rows import Photo, latent_row, read_latents  # noqa: E402
 
 
 def pad_index(source: Path, target: Path, total: int, seed: int = 0) -> int:
@@ -43,6 +43,7 @@ def pad_index(source: Path, target: Path, total: int, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     with Session(index.engine) as session:
         rows = session.scalars(select(Photo)).all()
+        latents = read_latents(session, [r.id for r in rows])  # a padded row gets its source's, so queries re-rank as on a real index
     real = np.vstack([index.vectors.reconstruct(r.id) for r in rows])
     need = total - len(rows)
     with Session(index.engine) as session, session.begin():
@@ -55,6 +56,7 @@ def pad_index(source: Path, target: Path, total: int, seed: int = 0) -> int:
                   "path": f"{rows[p].path}#pad{start + i}"} for i, p in enumerate(picks)],
             )  # fmt: skip
             ids = np.array([r[0] for r in result], dtype=np.int64)
+            session.add_all([latent_row(int(i), latents[rows[p].id]) for i, p in zip(ids, picks) if rows[p].id in latents])
             noisy = real[picks] + rng.normal(0, 0.05, (n, real.shape[1])).astype(np.float32)
             index.vectors.add(ids, noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
     index.vectors.save()
@@ -122,10 +124,11 @@ def http_bench(
     soak_minutes: float = 0.0,
     runtime: str = "auto",
     mirror: bool = True,
+    rerank: bool = True,
 ) -> None:
     port = free_port()
     env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false", "DIFFSEARCH_RUNTIME": runtime,
-           "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false"}  # fmt: skip
+           "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false", "DIFFSEARCH_RERANK": "20" if rerank else "0"}  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--index", str(index_dir), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -140,8 +143,9 @@ def http_bench(
                 time.sleep(0.2)
         load(url, photo, 1, 3)  # warm-up
         mode = "micro-batched" if batching else "one request at a time"
-        default = batching and runtime == "auto" and mirror
-        print(f"\n{mode}, runtime {runtime}, {'query + mirror' if mirror else 'no mirror'}{' (default)' if default else ''}:\n")
+        default = batching and runtime == "auto" and mirror and rerank
+        what = ("query + mirror" if mirror else "no mirror") + (", top 20 re-ranked" if rerank else ", no re-ranking")
+        print(f"\n{mode}, runtime {runtime}, {what}{' (default)' if default else ''}:\n")
         print("| clients | requests | errors | p50 ms | p99 ms | req/s |")
         print("|---|---|---|---|---|---|")
         for clients in (1, 8, 32):
@@ -200,6 +204,7 @@ def main() -> None:
     parser.add_argument("--skip-before", action="store_true", help="skip the unbatched server")
     parser.add_argument("--baseline-runtime", default="", help="first serve micro-batched with this runtime (e.g. torch)")
     parser.add_argument("--mirror-baseline", action="store_true", help="first serve micro-batched without the mirrored query")
+    parser.add_argument("--rerank-baseline", action="store_true", help="first serve micro-batched without re-ranking")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="diffsearch-query-"))
     padded = work / "index"
@@ -212,6 +217,8 @@ def main() -> None:
         http_bench(padded, photo, args.seconds, batching=True, runtime=args.baseline_runtime)
     if args.mirror_baseline:
         http_bench(padded, photo, args.seconds, batching=True, mirror=False)
+    if args.rerank_baseline:
+        http_bench(padded, photo, args.seconds, batching=True, rerank=False)
     http_bench(padded, photo, args.seconds, batching=True, soak_minutes=args.soak_minutes)
     if args.faiss_sizes:
         index = PhotoIndex.open(args.index)
