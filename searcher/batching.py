@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from indexer.embedding.embedder import Embedder
+from indexer.embedding.embedder import Embedder, FrameEmbeddings
 from indexer.errors import DiffsearchError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class EmbeddingQueue:
             self._arriving = max(0, self._arriving + n)
 
     def submit(self, pixels: torch.Tensor, expected: bool = False) -> Future:
-        """Queue one prepared image (`Embedder.prepare`); the future gives its (d,) vector."""
+        """Queue one prepared image (`Embedder.prepare`); the future gives its (d,) vector and its latent."""
         with self._lock:
             if expected:
                 self._arriving = max(0, self._arriving - 1)
@@ -122,8 +122,14 @@ class EmbeddingQueue:
 
     def embed(self, pixels: list[torch.Tensor], expected: bool = False) -> npt.NDArray[np.float32]:
         """Embed these images through the shared queue (blocks until their batch is done)."""
+        return self.embed_frames(pixels, expected).vectors
+
+    def embed_frames(self, pixels: list[torch.Tensor], expected: bool = False) -> FrameEmbeddings:
+        """Their vectors and latents, through the shared queue (blocks until their batch is done)."""
         futures = [self.submit(p, expected) for p in pixels]
-        return np.stack([f.result() for f in futures]) if futures else np.zeros((0, self.embedder.dim), np.float32)
+        done = [f.result() for f in futures]
+        vectors = np.stack([vector for vector, _ in done]) if done else np.zeros((0, self.embedder.dim), np.float32)
+        return FrameEmbeddings(vectors, [latent for _, latent in done])
 
     def _more_wait(self, deadline: float) -> float:
         """Seconds to wait for the next image: none when nobody else is on the way."""
@@ -140,9 +146,9 @@ class EmbeddingQueue:
             started = time.perf_counter()
             try:
                 with self.model_lock:
-                    vectors = self.embedder.embed_frames([pixels for pixels, _ in batch]).vectors
-                for (_, future), vector in zip(batch, vectors):
-                    future.set_result(vector)
+                    done = self.embedder.embed_frames([pixels for pixels, _ in batch])
+                for (_, future), vector, latent in zip(batch, done.vectors, done.latents, strict=True):
+                    future.set_result((vector, latent))
             except BaseException as exc:  # every waiter hears of the failure; the worker lives on
                 log.exception("embedding a batch of %d failed", len(batch))
                 for _, future in batch:

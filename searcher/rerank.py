@@ -3,8 +3,9 @@
 A pooled vector of a whole photo cannot hold every part of it, so a re-framed or cropped copy can
 land further from its original than other photos do. Instance retrieval's classic answer is to
 verify the top of a ranking spatially; here with the latents the index keeps of each photo's
-whole frame. The query's centre square, encoded at three zooms (`Embedder.template_pixels`) and
-each also left-right mirrored, slides over each candidate's latent. The best normalised
+frame. The query's centre square at three zooms (the centre of its own frame latent, and
+`Embedder.template_pixels` encoded at 0.75 and 0.5625), each also left-right mirrored, slides
+over each candidate's latent. The best normalised
 cross-correlation (the cosine between a template and a window, both centred by the latents' mean)
 is the candidate's match score in [-1, 1], and the short list is re-ordered by
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from indexer.embedding.config import RuntimeOptions
-from indexer.embedding.embedder import Embedder
+from indexer.embedding.embedder import Embedder, FrameEmbeddings, Latent
 from indexer.errors import ConfigError, IndexCorruptError, IndexMismatchError
 from indexer.images import ImageInput, load_image
 from indexer.storage import PhotoIndex, VectorIndex
@@ -99,11 +99,14 @@ class Searcher:
         the shared batching queue when it runs, else one model call at a time (concurrent torch
         calls on a few cores only thrash each other). `mirrored`: each image's row is followed by
         its left-right mirror's."""
+        return self._embed_frames(images, mirrored).vectors
+
+    def _embed_frames(self, images: Sequence[ImageInput], mirrored: bool) -> FrameEmbeddings:
         copies = 2 if mirrored else 1
         if self.queue is None:
             pixels = self._prepare(images, mirrored)
             with self._model_lock:
-                return self.embedder.embed_frames(pixels).vectors
+                return self.embedder.embed_frames(pixels)
         queue = self.queue
         queue.expect(copies * len(images))  # the embedding worker waits for these while they decode
         try:
@@ -111,7 +114,7 @@ class Searcher:
         except BaseException:
             queue.expect(-copies * len(images))
             raise
-        return queue.embed(pixels, expected=True)
+        return queue.embed_frames(pixels, expected=True)
 
     def _prepare(self, images: Sequence[ImageInput], mirrored: bool) -> list[torch.Tensor]:
         if not mirrored:
@@ -161,22 +164,25 @@ class Searcher:
         else:
             rerank = 0
         fetch = min(MAX_K, max(k, rerank))
-        found = self.query_vectors(self.embed(images, mirrored=mirror), fetch, max_distance, path_prefix)
+        embedded = self._embed_frames(images, mirrored=mirror)
+        found = self.query_vectors(embedded.vectors, fetch, max_distance, path_prefix)
+        frame_latents = embedded.latents[:: 2 if mirror else 1]  # the query's own, not its mirror's
         if mirror:
             found = [_nearer_of(found[i], found[i + 1], fetch) for i in range(0, len(found), 2)]
         if rerank:
-            found = [self._rerank(image, results, rerank) for image, results in zip(images, found, strict=True)]
+            found = [self._rerank(*job, rerank) for job in zip(images, frame_latents, found, strict=True)]
         return [results[:k] for results in found]
 
-    def _rerank(self, image: ImageInput, results: list[SearchResult], n: int) -> list[SearchResult]:
+    def _rerank(self, image: ImageInput, frame_latent: Latent | None, results: list[SearchResult], n: int) -> list[SearchResult]:
         ids = [r.id for r in results[:n]]
         with Session(self.index.engine) as session:
             latents = read_latents(session, ids)
-        if len(ids) < 2 or any(i not in latents for i in ids):
+        if frame_latent is None or len(ids) < 2 or any(i not in latents for i in ids):
             return results  # nothing to re-order, or an index from before latents were kept
         pixels = self.embedder.template_pixels(image)
         with self._model_lock:
-            templates = self.embedder.encode_each(pixels)
+            smaller = self.embedder.encode_each(pixels)
+        templates = [self.embedder.query_template(frame_latent), *smaller]
         return rerank_results(results, with_mirrors(templates), latents, n)
 
     def query_id(

@@ -218,14 +218,19 @@ class Embedder:
         return FrameEmbeddings(vectors, latents)
 
     def template_pixels(self, image: ImageInput) -> list[torch.Tensor]:
-        """The query's centre square at each of TEMPLATE_SCALES (decoded once), to match against
-        photos' latents (searcher.rerank)."""
+        """The query's centre square at each of TEMPLATE_SCALES below 1 (decoded once), to match
+        against photos' latents (searcher.rerank). At scale 1 the template is the centre window of
+        the query's own frame latent (`query_template`): no encoding of its own."""
         decoded = load_image(image)[0]
         out = []
-        for scale in TEMPLATE_SCALES:
+        for scale in TEMPLATE_SCALES[1:]:
             size = max(self.model.downscale, round(self.config.image_size * scale / self.model.downscale) * self.model.downscale)
             out.append(to_tensor([crop_for_embedding(decoded, size, self.config.trim_borders)])[0])
         return out
+
+    def query_template(self, frame_latent: Latent) -> torch.Tensor:
+        """The scale-1 template: the centre image_size square of a query's frame latent."""
+        return centre_window(torch.from_numpy(frame_latent.astype(np.float32)), self.config.image_size // self.model.downscale)
 
     @torch.no_grad()
     def encode_each(self, pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:

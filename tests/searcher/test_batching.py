@@ -25,8 +25,8 @@ def test_batched_vectors_equal_embedding_each_alone(embedder, sample_photos):
 
 def test_a_full_queue_refuses_at_once_and_recovers(embedder, sample_photos, monkeypatch):
     gate = threading.Event()
-    real = embedder.embed_pixels
-    monkeypatch.setattr(embedder, "embed_pixels", lambda pixels: (gate.wait(30), real(pixels))[1])
+    real = embedder.embed_frames
+    monkeypatch.setattr(embedder, "embed_frames", lambda frames: (gate.wait(30), real(frames))[1])
     queue = EmbeddingQueue(embedder, max_batch=2, wait_ms=1, max_queue=3)
     pixels = embedder.prepare(sample_photos[0])
     try:
@@ -35,9 +35,10 @@ def test_a_full_queue_refuses_at_once_and_recovers(embedder, sample_photos, monk
             queue.submit(pixels)
         assert queue.stats.rejected == 1 and queue.length == 3
         gate.set()
-        results = [f.result(30) for f in waiting]
+        results = [f.result(30)[0] for f in waiting]  # (vector, latent) each
         assert all(np.allclose(r, results[0], atol=1e-5) for r in results)
-        assert queue.submit(pixels).result(30).shape == (embedder.dim,)
+        vector, latent = queue.submit(pixels).result(30)
+        assert vector.shape == (embedder.dim,) and latent.shape == (32, *(side // 8 for side in pixels.shape[1:]))
     finally:
         gate.set()
         queue.close()
@@ -46,7 +47,7 @@ def test_a_full_queue_refuses_at_once_and_recovers(embedder, sample_photos, monk
 def test_a_lone_query_does_not_wait_for_a_batch_to_fill(embedder, sample_photos):
     queue = EmbeddingQueue(embedder, max_batch=8, wait_ms=60_000)  # a wait that would never end the test
     try:
-        vector = queue.submit(embedder.prepare(sample_photos[0])).result(timeout=20)
+        vector, _ = queue.submit(embedder.prepare(sample_photos[0])).result(timeout=20)
         assert vector.shape == (embedder.dim,) and queue.stats.batches == 1
         queue.expect(1)  # one more is decoding: now the worker holds the batch open for it
         first = queue.submit(embedder.prepare(sample_photos[1]))
