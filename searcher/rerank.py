@@ -52,15 +52,18 @@ def match_scores(templates: Sequence[torch.Tensor], candidates: Sequence[torch.T
         centred = t.float() - mean
         by_size.setdefault(tuple(centred.shape[1:]), []).append(centred / centred.norm().clamp_min(1e-6))
     kernels = {size: torch.stack(units) for size, units in by_size.items()}
+    by_shape: dict[tuple[int, ...], list[int]] = {}  # candidates of one shape are matched in one convolution
     for r, candidate in enumerate(candidates):
-        g = candidate.float() - mean
-        energy = (g * g).sum(0)[None, None]
+        by_shape.setdefault(tuple(candidate.shape), []).append(r)
+    for (_, height, width), rows in by_shape.items():
+        g = torch.stack([candidates[r].float() for r in rows]) - mean
+        energy = (g * g).sum(1, keepdim=True)
         for (h, w), kernel in kernels.items():
-            if g.shape[1] < h or g.shape[2] < w:
+            if height < h or width < w:
                 continue
-            window_norms = F.conv2d(energy, torch.ones(1, 1, h, w))[0, 0].sqrt().clamp_min(1e-6)
-            cosines = F.conv2d(g[None], kernel)[0] / window_norms
-            best[r] = max(best[r], float(cosines.max()))
+            window_norms = F.conv2d(energy, torch.ones(1, 1, h, w)).sqrt().clamp_min(1e-6)
+            cosines = (F.conv2d(g, kernel) / window_norms).amax(dim=(1, 2, 3)).double().numpy()
+            best[rows] = np.maximum(best[rows], cosines)
     return best
 
 
