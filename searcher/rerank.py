@@ -67,15 +67,20 @@ def match_scores(templates: Sequence[torch.Tensor], candidates: Sequence[torch.T
     return best
 
 
+def can_rerank(ids: Sequence[int], latents: Mapping[int, npt.NDArray[np.float16]]) -> bool:
+    """Whether a short list of these photo ids can be re-ranked: two or more, every one with a kept
+    latent (an index from before latents were kept has none; a partial re-ranking would favour the
+    photos that happen to have one)."""
+    return len(ids) >= 2 and all(i in latents for i in ids)
+
+
 def rerank(
     results: list[SearchResult], templates: Sequence[torch.Tensor], latents: Mapping[int, npt.NDArray[np.float16]], n: int = RERANK
 ) -> list[SearchResult]:
     """`results` (nearest first) with the first `n` re-ordered by distance^2 - MATCH_WEIGHT x match
-    score, each carrying its score; the rest follow as they were. Unchanged when any of the first
-    `n` has no kept latent (an index from before latents were kept): a partial re-ranking would
-    favour the photos that happen to have one."""
+    score, each carrying its score; the rest follow as they were. Unchanged unless `can_rerank`."""
     head = results[:n]
-    if len(head) < 2 or any(r.id not in latents for r in head):
+    if not can_rerank([r.id for r in head], latents):
         return results
     scores = match_scores(templates, [torch.from_numpy(latents[r.id].astype(np.float32)) for r in head])
     keys = [r.distance**2 - MATCH_WEIGHT * s for r, s in zip(head, scores, strict=True)]

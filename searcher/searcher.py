@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,7 +24,7 @@ from indexer.embedding.model import DiffusionModel
 from indexer.storage.rows import Photo, read_latents
 from searcher.batching import EmbeddingQueue
 from searcher.search_batching import SearchBatcher
-from searcher.rerank import RERANK, with_mirrors
+from searcher.rerank import RERANK, can_rerank, with_mirrors
 from searcher.rerank import rerank as rerank_results
 from searcher.results import SearchResult
 
@@ -52,9 +53,7 @@ class Searcher:
         """`location`: an index folder, or the postgresql:// URL of a Postgres index. `mirror`: whether
         a query image also searches as its left-right mirror by default (see `query`). `rerank`: how
         many of a query image's nearest photos are re-ranked by spatial match (0: none)."""
-        if rerank < 0:
-            raise ConfigError(f"rerank must be >= 0, got {rerank}")
-        self.mirror, self.rerank = mirror, rerank
+        self.mirror, self.rerank = mirror, _checked_rerank(rerank)
         self.index = PhotoIndex.open(location)
         settings = self.index.settings
         self.embedder = Embedder(settings.embedding, options or RuntimeOptions(workers=0), model=model)
@@ -99,27 +98,30 @@ class Searcher:
         the shared batching queue when it runs, else one model call at a time (concurrent torch
         calls on a few cores only thrash each other). `mirrored`: each image's row is followed by
         its left-right mirror's."""
-        return self._embed_frames(images, mirrored).vectors
+        return self._embed_frames(images, mirrored)[0].vectors
 
-    def _embed_frames(self, images: Sequence[ImageInput], mirrored: bool) -> FrameEmbeddings:
+    def _embed_frames(self, images: Sequence[ImageInput], mirrored: bool) -> tuple[FrameEmbeddings, list[Image.Image]]:
+        """`embed`'s vectors with the frames' latents, and the decoded images (for re-ranking's templates)."""
         copies = 2 if mirrored else 1
         if self.queue is None:
-            pixels = self._prepare(images, mirrored)
+            decoded, pixels = self._prepare(images, mirrored)
             with self._model_lock:
-                return self.embedder.embed_frames(pixels)
+                return self.embedder.embed_frames(pixels), decoded
         queue = self.queue
         queue.expect(copies * len(images))  # the embedding worker waits for these while they decode
         try:
-            pixels = self._prepare(images, mirrored)
+            decoded, pixels = self._prepare(images, mirrored)
         except BaseException:
             queue.expect(-copies * len(images))
             raise
-        return queue.embed_frames(pixels, expected=True)
+        return queue.embed_frames(pixels, expected=True), decoded
 
-    def _prepare(self, images: Sequence[ImageInput], mirrored: bool) -> list[torch.Tensor]:
+    def _prepare(self, images: Sequence[ImageInput], mirrored: bool) -> tuple[list[Image.Image], list[torch.Tensor]]:
+        """Each image decoded once, and cropped as the embedder crops it (and its mirror)."""
+        decoded = [load_image(image)[0] for image in images]
         if not mirrored:
-            return [self.embedder.prepare(image) for image in images]
-        return [p for image in images for p in self.embedder.prepare_with_mirror(image)]
+            return decoded, [self.embedder.prepare(image) for image in decoded]
+        return decoded, [p for image in decoded for p in self.embedder.prepare_with_mirror(image)]
 
     def query(
         self,
@@ -154,31 +156,24 @@ class Searcher:
         rerank: int | None = None,
     ) -> list[list[SearchResult]]:
         mirror = self.mirror if mirror is None else mirror
-        rerank = self.rerank if rerank is None else rerank
-        if rerank < 0:
-            raise ConfigError(f"rerank must be >= 0, got {rerank}")
-        if not 1 <= k <= MAX_K:
-            raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
-        if rerank and self.embedder.keeps_latents:
-            images = [load_image(image)[0] for image in images]  # decoded once for the vector and the templates
-        else:
-            rerank = 0
-        fetch = min(MAX_K, max(k, rerank))
-        embedded = self._embed_frames(images, mirrored=mirror)
+        rerank = _checked_rerank(self.rerank if rerank is None else rerank)
+        rerank = rerank if self.embedder.keeps_latents else 0  # a pixel-space model keeps no latents
+        fetch = min(MAX_K, max(_checked_k(k), rerank))
+        embedded, decoded = self._embed_frames(images, mirrored=mirror)
         found = self.query_vectors(embedded.vectors, fetch, max_distance, path_prefix)
         frame_latents = embedded.latents[:: 2 if mirror else 1]  # the query's own, not its mirror's
         if mirror:
             found = [_nearer_of(found[i], found[i + 1], fetch) for i in range(0, len(found), 2)]
         if rerank:
-            found = [self._rerank(*job, rerank) for job in zip(images, frame_latents, found, strict=True)]
+            found = [self._rerank(*job, rerank) for job in zip(decoded, frame_latents, found, strict=True)]
         return [results[:k] for results in found]
 
-    def _rerank(self, image: ImageInput, frame_latent: Latent | None, results: list[SearchResult], n: int) -> list[SearchResult]:
+    def _rerank(self, image: Image.Image, frame_latent: Latent | None, results: list[SearchResult], n: int) -> list[SearchResult]:
         ids = [r.id for r in results[:n]]
         with Session(self.index.engine) as session:
             latents = read_latents(session, ids)
-        if frame_latent is None or len(ids) < 2 or any(i not in latents for i in ids):
-            return results  # nothing to re-order, or an index from before latents were kept
+        if frame_latent is None or not can_rerank(ids, latents):
+            return results  # nothing to re-order, or an index from before latents were kept: no templates to encode
         pixels = self.embedder.template_pixels(image)
         with self._model_lock:
             smaller = self.embedder.encode_each(pixels)
@@ -201,8 +196,7 @@ class Searcher:
         max_distance: float | None = None,
         path_prefix: str | None = None,
     ) -> list[list[SearchResult]]:
-        if not 1 <= k <= MAX_K:
-            raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
+        _checked_k(k)
         if max_distance is not None and max_distance < 0:
             raise ConfigError(f"max_distance must be >= 0, got {max_distance}")
         store = self._fresh_vectors()
@@ -273,6 +267,18 @@ def _nearer_of(found: list[SearchResult], by_mirror: list[SearchResult], k: int)
         if result.id not in best or result.distance < best[result.id].distance:
             best[result.id] = result
     return sorted(best.values(), key=lambda r: r.distance)[:k]
+
+
+def _checked_k(k: int) -> int:
+    if not 1 <= k <= MAX_K:
+        raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
+    return k
+
+
+def _checked_rerank(rerank: int) -> int:
+    if rerank < 0:
+        raise ConfigError(f"rerank must be >= 0, got {rerank}")
+    return rerank
 
 
 def _normalise_prefix(prefix: str | None) -> str | None:

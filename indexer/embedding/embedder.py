@@ -317,8 +317,6 @@ class Embedder:
         return torch.cat(parts, dim=1).cpu() / math.sqrt(len(parts))
 
 
-
-
 def centre_window(latent: torch.Tensor, side: int) -> torch.Tensor:
     """The centre side x side cells of a (C, h, w) latent (all of it when it is that size)."""
     top, left = (latent.shape[1] - side) // 2, (latent.shape[2] - side) // 2
