@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sys
@@ -39,7 +40,19 @@ from indexer.settings import Settings  # noqa: E402
 from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
 from searcher.rerank import RERANK  # noqa: E402
+from searcher.results import SearchResult  # noqa: E402
 from searcher.searcher import Searcher  # noqa: E402
+
+
+def link_name(photo: Path) -> str:
+    """The name of a gallery photo's link in the indexed folder (class folders flattened)."""
+    return f"{photo.parent.name}__{photo.name}"
+
+
+def gallery_positions(gallery: list[Path]) -> Callable[[SearchResult], int]:
+    """A result's position in `gallery`, by the name of the link it was indexed as."""
+    by_link = {link_name(p): i for i, p in enumerate(gallery)}
+    return lambda result: by_link[Path(result.path).name]
 
 
 def build_index(photos: list[Path], where: Path) -> None:
@@ -47,7 +60,7 @@ def build_index(photos: list[Path], where: Path) -> None:
     links = where / "photos"
     links.mkdir(parents=True, exist_ok=True)
     for path in photos:
-        link = links / f"{path.parent.name}__{path.name}"
+        link = links / link_name(path)
         if not link.exists():
             link.symlink_to(path.resolve())
     settings = Settings(index_dir=where / "index", follow_symlinks=True)
@@ -58,15 +71,15 @@ def build_index(photos: list[Path], where: Path) -> None:
 def class_retrieval(searcher: Searcher, gallery: list[Path], batch: int) -> dict[str, dict[str, float]]:
     """Each gallery photo as a query: P@1 and P@10 of its class among the other photos, as searched."""
     classes = np.array([p.parent.name for p in gallery])
-    by_link = {f"{p.parent.name}__{p.name}": i for i, p in enumerate(gallery)}
+    position = gallery_positions(gallery)
     hits: dict[str, list[np.ndarray]] = {"re-ranked (default)": [], "no re-ranking": []}
     for start in tqdm(range(0, len(gallery), batch), desc="class queries", unit="batch"):
         found = searcher.query_batch(gallery[start : start + batch], k=RERANK + 1)
         for q, results in enumerate(found, start):
-            ranked = [r for r in results if by_link[Path(r.path).name] != q]
+            ranked = [r for r in results if position(r) != q]
             plain = sorted(ranked, key=lambda r: r.distance)
             for name, rows in (("re-ranked (default)", ranked), ("no re-ranking", plain)):
-                hits[name].append(classes[[by_link[Path(r.path).name] for r in rows[:10]]] == classes[q])
+                hits[name].append(classes[[position(r) for r in rows[:10]]] == classes[q])
     out = {name: {"P@1": float(np.mean([h[0] for h in rows])), "P@10": float(np.mean([h.mean() for h in rows]))} for name, rows in hits.items()}
     print(f"\nclass retrieval as searched, {len(gallery)} queries: " + "; ".join(f"{n} P@1 {v['P@1']:.3f}, P@10 {v['P@10']:.3f}" for n, v in out.items()))
     return out
@@ -87,7 +100,7 @@ def main() -> None:
     build_index(gallery, where)
     picked = np.sort(np.random.default_rng(args.seed).choice(len(gallery), args.originals, replace=False))
     canonical = same_photo(gallery)
-    by_link = {f"{p.parent.name}__{p.name}": i for i, p in enumerate(gallery)}
+    position = gallery_positions(gallery)
     queries = edited([gallery[i] for i in picked], args.seed)
     originals = np.repeat(picked, len(EDITS))
     names = np.array(list(EDITS) * len(picked))
@@ -100,7 +113,7 @@ def main() -> None:
     started = time.perf_counter()
     for start in tqdm(range(0, len(queries), args.batch), desc="searching", unit="batch"):
         for results in searcher.query_batch(queries[start : start + args.batch], k=RERANK):
-            ids = [by_link[Path(r.path).name] for r in results]
+            ids = [position(r) for r in results]
             ranked.append(ids)
             plain.append([ids[j] for j in np.argsort([r.distance for r in results], kind="stable")])
             matched.append([r.match for r in results])
