@@ -30,6 +30,7 @@ def query(
     path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
     mirror: Annotated[Optional[bool], typer.Option("--mirror/--no-mirror", help="Also search as the left-right mirror, to find mirrored copies [env DIFFSEARCH_MIRROR_QUERIES; default on]")] = None,
     rerank: Annotated[Optional[int], typer.Option(min=0, help="Re-rank this many nearest by where the photo sits in each, so crops and re-framed copies come first; 0: off [env DIFFSEARCH_RERANK; default 20]")] = None,
+    expand: Annotated[Optional[int], typer.Option(min=0, help="After re-ranking, order the rest by the query expanded with this many first results, so photos like the best match come next; 0: off [env DIFFSEARCH_EXPAND; default 2]")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     device: DeviceOpt = None,
@@ -38,9 +39,9 @@ def query(
     """Find the photos most similar to IMAGE."""
     from searcher.searcher import Searcher
 
-    settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror, rerank=rerank)
+    settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror, rerank=rerank, expand=expand)
     try:
-        searcher = Searcher(settings.location, settings.runtime_options(), mirror=settings.mirror_queries, rerank=settings.rerank)
+        searcher = Searcher(settings.location, settings.runtime_options(), mirror=settings.mirror_queries, rerank=settings.rerank, expand=settings.expand)
         results = searcher.query(image, k, max_distance, path_prefix)
     except DiffsearchError as exc:
         fail(exc)

@@ -54,6 +54,9 @@ class Settings:
     # How many of a query image's nearest photos are re-ranked by where the query sits in each
     # (searcher.rerank: cropped and re-framed copies come first); 0 turns it off.
     rerank: int = 20
+    # How many of the re-ranked first results expand the query that orders the rest of them
+    # (searcher.expansion: photos like the best match come next); 0 turns it off.
+    expand: int = 2
     max_queue: int = 64  # queries waiting to be embedded before the server answers 503
     batch_wait_ms: float = 5.0  # how long the embedding worker waits to fill a batch
     embedding: Mapping[str, Any] = field(default_factory=dict)  # EmbeddingConfig overrides

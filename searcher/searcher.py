@@ -23,6 +23,7 @@ from indexer.storage import PhotoIndex, VectorIndex
 from indexer.embedding.model import DiffusionModel
 from indexer.storage.rows import Photo, read_latents
 from searcher.batching import EmbeddingQueue
+from searcher.expansion import EXPAND, expand as expand_results
 from searcher.search_batching import SearchBatcher
 from searcher.rerank import RERANK, can_rerank, with_mirrors
 from searcher.rerank import rerank as rerank_results
@@ -49,11 +50,13 @@ class Searcher:
         model: DiffusionModel | None = None,
         mirror: bool = True,
         rerank: int = RERANK,
+        expand: int = EXPAND,
     ) -> None:
         """`location`: an index folder, or the postgresql:// URL of a Postgres index. `mirror`: whether
         a query image also searches as its left-right mirror by default (see `query`). `rerank`: how
-        many of a query image's nearest photos are re-ranked by spatial match (0: none)."""
-        self.mirror, self.rerank = mirror, _checked_rerank(rerank)
+        many of a query image's nearest photos are re-ranked by spatial match (0: none). `expand`:
+        how many re-ranked first results expand the query for the rest of them (0: none)."""
+        self.mirror, self.rerank, self.expand = mirror, _checked_count("rerank", rerank), _checked_count("expand", expand)
         self.index = PhotoIndex.open(location)
         settings = self.index.settings
         self.embedder = Embedder(settings.embedding, options or RuntimeOptions(workers=0), model=model)
@@ -131,6 +134,7 @@ class Searcher:
         path_prefix: str | None = None,
         mirror: bool | None = None,
         rerank: int | None = None,
+        expand: int | None = None,
     ) -> list[SearchResult]:
         """The k nearest indexed photos to `image` (a path, bytes, file object, PIL image or array).
 
@@ -143,8 +147,12 @@ class Searcher:
         well the query matches somewhere in each (searcher.rerank), so a cropped or re-framed copy
         comes first; those results carry their `match` score, and their distances are kept as they
         are (so the first `rerank` need not be in distance order). Indexes without kept latents
-        are not re-ranked."""
-        return self.query_batch([image], k, max_distance, path_prefix, mirror, rerank)[0]
+        are not re-ranked.
+
+        Then, with `expand` (default: the searcher's setting, EXPAND), the first re-ranked result
+        stays first and the rest of the re-ranked ones are ordered by the query expanded with the
+        first `expand` of them (searcher.expansion): photos like the best match come next."""
+        return self.query_batch([image], k, max_distance, path_prefix, mirror, rerank, expand)[0]
 
     def query_batch(
         self,
@@ -154,19 +162,29 @@ class Searcher:
         path_prefix: str | None = None,
         mirror: bool | None = None,
         rerank: int | None = None,
+        expand: int | None = None,
     ) -> list[list[SearchResult]]:
         mirror = self.mirror if mirror is None else mirror
-        rerank = _checked_rerank(self.rerank if rerank is None else rerank)
+        rerank = _checked_count("rerank", self.rerank if rerank is None else rerank)
+        expand = _checked_count("expand", self.expand if expand is None else expand)
         rerank = rerank if self.embedder.keeps_latents else 0  # a pixel-space model keeps no latents
         fetch = min(MAX_K, max(_checked_k(k), rerank))
         embedded, decoded = self._embed_frames(images, mirrored=mirror)
         found = self.query_vectors(embedded.vectors, fetch, max_distance, path_prefix)
-        frame_latents = embedded.latents[:: 2 if mirror else 1]  # the query's own, not its mirror's
+        own = slice(None, None, 2 if mirror else 1)  # the query's own rows, not its mirror's
         if mirror:
             found = [_nearer_of(found[i], found[i + 1], fetch) for i in range(0, len(found), 2)]
         if rerank:
-            found = [self._rerank(*job, rerank) for job in zip(decoded, frame_latents, found, strict=True)]
+            jobs = zip(decoded, embedded.latents[own], found, strict=True)
+            found = [self._rerank(*job, rerank) for job in jobs]
+        if rerank and expand:
+            found = [self._expand(query, results, expand) for query, results in zip(embedded.vectors[own], found, strict=True)]
         return [results[:k] for results in found]
+
+    def _expand(self, query: npt.NDArray[np.float32], results: list[SearchResult], n: int) -> list[SearchResult]:
+        store = self._fresh_vectors()
+        vectors = {r.id: v for r in results if r.match is not None and (v := store.reconstruct(r.id)) is not None}
+        return expand_results(results, query, vectors, n)
 
     def _rerank(self, image: Image.Image, frame_latent: Latent | None, results: list[SearchResult], n: int) -> list[SearchResult]:
         ids = [r.id for r in results[:n]]
@@ -275,10 +293,11 @@ def _checked_k(k: int) -> int:
     return k
 
 
-def _checked_rerank(rerank: int) -> int:
-    if rerank < 0:
-        raise ConfigError(f"rerank must be >= 0, got {rerank}")
-    return rerank
+def _checked_count(name: str, value: int) -> int:
+    """A setting that counts results (`rerank`, `expand`): 0 or more."""
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value}")
+    return value
 
 
 def _normalise_prefix(prefix: str | None) -> str | None:

@@ -23,6 +23,10 @@ Rerank = Annotated[
     int | None,
     Query(ge=0, le=MAX_K, description="Re-rank this many nearest photos by where the query sits in each, so crops and re-framed copies come first; 0: off (default: the server's setting, 20)"),
 ]
+Expand = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_K, description="After re-ranking, order the rest by the query expanded with this many first results, so photos like the best match come next; 0: off (default: the server's setting, 2)"),
+]
 ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 
 
@@ -50,9 +54,10 @@ async def search_upload(
     path_prefix: PathPrefix = None,
     mirror: Mirror = None,
     rerank: Rerank = None,
+    expand: Expand = None,
 ) -> SearchResponse:
     data = await read_limited(file, int(settings.max_upload_mb * 2**20))
-    results = await run_in_threadpool(searcher.query, data, k, max_distance, path_prefix, mirror, rerank)
+    results = await run_in_threadpool(searcher.query, data, k, max_distance, path_prefix, mirror, rerank, expand)
     return SearchResponse(data=results, count=len(results))
 
 

@@ -168,3 +168,18 @@ def test_a_reframed_upload_is_re_ranked_unless_rerank_is_off_everywhere(client, 
             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
         )  # fmt: skip
         assert [r["id"] for r in json.loads(cli.stdout)["data"]] == [r["id"] for r in expected], (flags, env)
+
+
+def test_expansion_is_on_by_default_and_can_be_turned_off_everywhere(client, searcher, sample_index, sample_photos):
+    query = sample_photos[7]
+    default = [r["id"] for r in upload(client, query.read_bytes(), k=20).json()["data"]]
+    off = [r["id"] for r in upload(client, query.read_bytes(), k=20, expand=0).json()["data"]]
+    assert default == [r.id for r in searcher.query(query, k=20)] and off == [r.id for r in searcher.query(query, k=20, expand=0)]
+    assert default != off  # tests/searcher/test_expansion.py: this query's order changes
+    assert upload(client, query.read_bytes(), expand=-1).status_code == 422
+    for flags, env, expected in ((["--expand", "0"], {}, off), ([], {"DIFFSEARCH_EXPAND": "0"}, off), ([], {}, default)):
+        cli = subprocess.run(
+            [sys.executable, "-m", "api", "query", str(query), "-k", "20", "--json", "--index", str(sample_index), *flags],
+            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
+        )  # fmt: skip
+        assert [r["id"] for r in json.loads(cli.stdout)["data"]] == expected, (flags, env)
