@@ -112,8 +112,11 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     k = min(rule.neighbours + 2, len(ids))  # the photo itself, its neighbours, one more for the gap
     if projection is not None and projection.instance_dims:
         # Block by block, so that only the instance dims of the whole index are ever held at once.
-        vectors = np.vstack([projection.instance_part(np.vstack([store.reconstruct(int(i)) for i in ids[start : start + 4096]]))
-                             for start in range(0, len(ids), 4096)])  # fmt: skip
+        def instance_block(block: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+            found = store.reconstruct_many(block)
+            return projection.instance_part(np.vstack([found[int(i)] for i in block]))
+
+        vectors = np.vstack([instance_block(ids[start : start + 4096]) for start in range(0, len(ids), 4096)])
         flat = faiss.IndexFlatL2(vectors.shape[1])
         flat.add(vectors)
 

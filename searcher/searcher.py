@@ -182,8 +182,7 @@ class Searcher:
         return [results[:k] for results in found]
 
     def _expand(self, query: npt.NDArray[np.float32], results: list[SearchResult], n: int) -> list[SearchResult]:
-        store = self._fresh_vectors()
-        vectors = {r.id: v for r in results if r.match is not None and (v := store.reconstruct(r.id)) is not None}
+        vectors = self._fresh_vectors().reconstruct_many([r.id for r in results if r.match is not None])
         return expand_results(results, query, vectors, n)
 
     def _rerank(self, image: Image.Image, frame_latent: Latent | None, results: list[SearchResult], n: int) -> list[SearchResult]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -146,6 +146,15 @@ class PgVectors:
         with Session(self.engine) as session:
             found = session.scalar(select(PhotoVector.embedding).where(PhotoVector.id == int(id_)))
         return None if found is None else np.asarray(found, dtype=np.float32)
+
+    def reconstruct_many(self, ids: Sequence[int]) -> dict[int, npt.NDArray[np.float32]]:
+        """The stored vectors of those `ids` that have one, in one query."""
+        wanted = [int(i) for i in ids if 0 < int(i) < 2**31]
+        if not wanted:
+            return {}
+        with Session(self.engine) as session:
+            rows = session.execute(select(PhotoVector.id, PhotoVector.embedding).where(PhotoVector.id.in_(wanted))).all()
+        return {int(i): np.asarray(v, dtype=np.float32) for i, v in rows}
 
     def nonfinite_ids(self) -> npt.NDArray[np.int64]:
         """pgvector refuses NaN and infinity on insert, so a stored vector is always finite."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
@@ -141,6 +142,10 @@ class VectorStore:
             return self.index.reconstruct(int(id_)).astype(np.float32)
         except RuntimeError:
             return None
+
+    def reconstruct_many(self, ids: Sequence[int]) -> dict[int, npt.NDArray[np.float32]]:
+        """The stored vectors of those `ids` that have one."""
+        return {int(i): v for i in ids if (v := self.reconstruct(int(i))) is not None}
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int, path_prefix: str | None = None

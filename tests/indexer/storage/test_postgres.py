@@ -32,6 +32,9 @@ def test_samples_give_the_same_vectors_and_top10_as_faiss(pg_url, tmp_path, sear
         assert pg.index.vectors.kind == "pgvector exact" and len(pg) == len(searcher)
         assert pg.index.consistency(thorough=True).ok
         queries = np.stack([searcher.index.vectors.reconstruct(i) for i in searcher.index.vectors.ids()[:12]])
+        ids = pg.index.vectors.ids()[:5].tolist()
+        many = pg.index.vectors.reconstruct_many([*ids, 2**40])  # one query; an impossible id is skipped
+        assert sorted(many) == sorted(ids) and np.allclose(many[ids[2]], pg.index.vectors.reconstruct(ids[2]))
         for faiss_hits, pg_hits in zip(searcher.query_vectors(queries, k=10), pg.query_vectors(queries, k=10)):
             assert [h.path for h in pg_hits] == [h.path for h in faiss_hits]
             np.testing.assert_allclose([h.distance for h in pg_hits], [h.distance for h in faiss_hits], atol=1e-5)
@@ -39,6 +42,7 @@ def test_samples_give_the_same_vectors_and_top10_as_faiss(pg_url, tmp_path, sear
         for hit in pg.query(sample_photos[3], k=5):  # re-ranked alike: Postgres keeps the latents too
             assert hit.path in by_path and abs(hit.distance - by_path[hit.path].distance) < 1e-5
             assert hit.match is not None and abs(hit.match - by_path[hit.path].match) < 1e-5
+        assert [h.path for h in pg.query(sample_photos[3], k=20)] == [h.path for h in searcher.query(sample_photos[3], k=20)]  # expanded alike
         only = str(SAMPLES / sample_photos[5].name)
         assert [h.path for h in pg.query(sample_photos[5], k=3, path_prefix=only)] == [only]
         assert len(find_duplicates(pg)) == len(find_duplicates(searcher))

@@ -24,6 +24,8 @@ def test_flat_is_exact_and_round_trips(tmp_path):
     assert len(again) == 198 and 1 not in again.ids()
     np.testing.assert_allclose(again.reconstruct(50), x[49], atol=1e-6)
     assert again.reconstruct(10**9) is None and again.reconstruct(2**64) is None
+    many = again.reconstruct_many([60, 1, 50, 10**9])  # the ones it holds
+    assert list(many) == [60, 50] and np.allclose(many[60], x[59], atol=1e-6)
 
 
 def test_ivf_stages_in_flat_then_trains_itself(tmp_path):
