@@ -45,7 +45,7 @@ class Decoded:
     failure: str | None
 
 
-def decode_file(path: Path, size: int, trim: bool, frame_aspect: float = 1.0) -> Decoded:
+def decode_file(path: Path, size: int, trim: int, frame_aspect: float = 1.0) -> Decoded:
     try:
         image, info = load_image(path)
         pixels = to_tensor([crop_for_embedding(image, size, trim, frame_aspect=frame_aspect)])[0]

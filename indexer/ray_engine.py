@@ -49,7 +49,7 @@ def _import_ray() -> Any:
     return ray
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, trim: bool, frame_aspect: float = 1.0) -> dict[str, Any]:
+def decode_batch(batch: dict[str, np.ndarray], size: int, trim: int, frame_aspect: float = 1.0) -> dict[str, Any]:
     """A Ray task: read, hash, decode and crop each photo (the local engine's decode, per row).
     Whole frames travel zero-padded to the largest frame, with their own height and width."""
     n = len(batch["path"])
@@ -142,7 +142,7 @@ class RayEngine:
         started = time.perf_counter()
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // self.batch_size, 4 * cpus)))
         ds = ds.map_batches(
-            decode_batch, fn_kwargs={"size": config.image_size, "trim": config.trim_borders, "frame_aspect": config.frame_aspect},
+            decode_batch, fn_kwargs={"size": config.image_size, "trim": config.trims, "frame_aspect": config.frame_aspect},
             batch_size=self.batch_size, batch_format="numpy", num_cpus=0.5,
         )  # fmt: skip
         ds = ds.map_batches(

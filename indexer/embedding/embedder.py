@@ -139,10 +139,14 @@ class Embedder:
             return None
         base = self.config.replace(projection=False)
         keys = [base.fingerprint(self.model.fingerprint)]
-        # Projections fitted before dtype left the config, before borders were trimmed or on the
-        # centre square alone (the features' statistics are the same either way), still serve.
-        square = base.replace(frame_aspect=1.0)
-        for candidate in (base, base.replace(trim_borders=False), square, square.replace(trim_borders=False)):
+        # Projections fitted before dtype left the config, before borders were trimmed (or trimmed
+        # more than once) or on the centre square alone (the features' statistics are the same
+        # either way), still serve.
+        for candidate in (
+            framed.replace(**trims)
+            for framed in (base, base.replace(frame_aspect=1.0))
+            for trims in ({}, {"trim_repeat": False}, {"trim_borders": False, "trim_repeat": False})
+        ):
             keys += [candidate.fingerprint(self.model.fingerprint, legacy_dtype=d) for d in (None, *LEGACY_DTYPES)]
         found = next((self.model.projections[k] for k in keys if k in self.model.projections), None)
         key = keys[0]
@@ -178,11 +182,11 @@ class Embedder:
     def prepare(self, image: ImageInput) -> torch.Tensor:
         """Decode, EXIF-transpose and crop one image to (3, S, S), or its frame (3, S, W) or (3, H, S)
         when the config's frame_aspect allows one; raises InvalidImageError."""
-        return prepare(image, self.config.image_size, self.config.trim_borders, self.config.frame_aspect)
+        return prepare(image, self.config.image_size, self.config.trims, self.config.frame_aspect)
 
     def prepare_with_mirror(self, image: ImageInput) -> list[torch.Tensor]:
         """`prepare` of the image and of its left-right mirror, from one decode."""
-        return prepare_with_mirror(image, self.config.image_size, self.config.trim_borders, self.config.frame_aspect)
+        return prepare_with_mirror(image, self.config.image_size, self.config.trims, self.config.frame_aspect)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""
@@ -225,7 +229,7 @@ class Embedder:
         out = []
         for scale in TEMPLATE_SCALES[1:]:
             size = max(self.model.downscale, round(self.config.image_size * scale / self.model.downscale) * self.model.downscale)
-            out.append(to_tensor([crop_for_embedding(decoded, size, self.config.trim_borders)])[0])
+            out.append(to_tensor([crop_for_embedding(decoded, size, self.config.trims)])[0])
         return out
 
     def query_template(self, frame_latent: Latent) -> torch.Tensor:

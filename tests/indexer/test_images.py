@@ -108,6 +108,27 @@ def test_flat_borders_are_trimmed_and_photos_are_left_alone():
     assert trim_border(flat).size == (64, 64)  # flat all over: nothing sensible to keep, so keep all
 
 
+def test_a_frame_around_a_photo_with_flat_margins_trims_to_what_the_photo_trims_to():
+    """A white-background product shot in a screenshot's frame: the frame's rows span the photo's
+    white margin and the frame's sides, so one trim stops at the photo; trimming again goes on."""
+    from indexer.images import crop_for_embedding, trim_border, trim_borders
+    from indexer.training.views import border
+
+    rng = np.random.default_rng(0)
+    shot = Image.new("RGB", (240, 160), (255, 255, 255))
+    shot.paste(Image.fromarray(rng.integers(0, 255, (60, 100, 3), dtype=np.uint8)), (70, 50))  # the object
+    framed = border(shot, np.random.default_rng(3))
+    assert trim_border(shot).size == (100, 60)  # the original trims to its object at once
+    assert trim_border(framed).size[1] >= 150  # the framed copy, trimmed once: the frame goes, the margin stays
+    assert trim_borders(shot).size == (100, 60)
+    assert all(abs(a - b) <= 2 for a, b in zip(trim_borders(framed).size, (100, 60)))  # (a 256 px copy finds the bands)
+    assert trim_borders(framed, passes=1).size == trim_border(framed).size  # what indexes built before this did
+    a, b = (np.asarray(crop_for_embedding(x, 64), dtype=np.float32) for x in (framed, shot))
+    assert np.abs(a - b).mean() < 2  # the same pixels go to the encoder
+    untrimmed = np.asarray(crop_for_embedding(framed, 64, trim=0), dtype=np.float32)
+    assert np.abs(untrimmed - b).mean() > 20  # (without trimming they differ)
+
+
 def test_frame_crop_keeps_the_frame_around_the_centre_square():
     from indexer.images import FRAME_STEP, crop_for_embedding, frame_crop
 
