@@ -12,6 +12,9 @@ query (searcher.expansion). The rows without expansion and without re-ranking ar
 search's 20 results re-sorted: by distance^2 - MATCH_WEIGHT x match (which is what re-ranking
 alone orders by), and by distance. Caltech's Faces_easy/Faces twins count as the original, as there.
 
+`--latent-baseline` adds the TAEF2 latent alone (same pooling, not projected) indexed and searched
+the same way (mirror, re-ranking, expansion), so each edit's row can be set against it.
+
 Class retrieval as searched (--classes): every gallery photo queries the index as a user's photo
 would (itself excluded from its results); P@1 and P@10 of its class among the rest, with and
 without re-ranking. (bench/generalisation.py measures the models on cached centre-square latents,
@@ -67,15 +70,16 @@ def orders(results: list[SearchResult]) -> dict[str, list[SearchResult]]:
             "no re-ranking": sorted(results, key=lambda r: r.distance)}  # fmt: skip
 
 
-def build_index(photos: list[Path], where: Path) -> None:
-    """An index of exactly `photos`: a folder of symlinks to them, indexed with the default settings."""
+def build_index(photos: list[Path], where: Path, embedding: dict | None = None) -> None:
+    """An index of exactly `photos`: a folder of symlinks to them, indexed with the default settings
+    (`embedding`: embedding settings over the defaults)."""
     links = where / "photos"
     links.mkdir(parents=True, exist_ok=True)
     for path in photos:
         link = links / link_name(path)
         if not link.exists():
             link.symlink_to(path.resolve())
-    settings = Settings(index_dir=where / "index", follow_symlinks=True)
+    settings = Settings(index_dir=where / "index", follow_symlinks=True, embedding=embedding or {})
     summary = index_photos([links], settings)
     print(f"index: {summary.added} added, {summary.unchanged} unchanged, {summary.failed} failed in {summary.seconds:.0f} s")
 
@@ -102,6 +106,21 @@ def class_retrieval(searcher: Searcher, gallery: list[Path], batch: int) -> dict
     return out
 
 
+def search_copies(searcher: Searcher, queries: list, position: Callable[[SearchResult], int], batch: int, label: str):
+    """Each query's gallery positions in each order (`orders`), its results' match scores, and the
+    seconds per query."""
+    searcher.query_batch(queries[:2], k=RERANK)  # warm-up: graph compilation is not a query's cost
+    lists: dict[str, list[list[int]]] = {}
+    matched: list[list[float | None]] = []
+    started = time.perf_counter()
+    for start in tqdm(range(0, len(queries), batch), desc=f"searching ({label})", unit="batch"):
+        for results in searcher.query_batch(queries[start : start + batch], k=RERANK):
+            for name, rows in orders(results).items():
+                lists.setdefault(f"{label}, {name}", []).append([position(r) for r in rows])
+            matched.append([r.match for r in results])
+    return dict(reversed(lists.items())), matched, (time.perf_counter() - started) / len(queries)  # no re-ranking first
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--originals", type=int, default=300)
@@ -110,6 +129,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="queries per query_batch call")
     parser.add_argument("--index-dir", type=Path, help="where the gallery's index is kept [runs/searched-SPLIT]")
     parser.add_argument("--classes", action=argparse.BooleanOptionalAction, default=True, help="also class retrieval as searched")
+    parser.add_argument("--latent-baseline", action="store_true",
+                        help="also index the TAEF2 latent alone (same pooling, no projection) and search it the same way")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "searched.json")
     args = parser.parse_args()
     gallery = LabelledSet.from_list(SPLITS / f"{args.split}.txt", CALTECH).paths
@@ -123,21 +144,15 @@ def main() -> None:
     names = np.array(list(EDITS) * len(picked))
 
     searcher = Searcher(where / "index")
-    searcher.query_batch(queries[:2], k=RERANK)  # warm-up: graph compilation is not a query's cost
-    lists: dict[str, list[list[int]]] = {}
-    matched: list[list[float | None]] = []
-    started = time.perf_counter()
-    for start in tqdm(range(0, len(queries), args.batch), desc="searching", unit="batch"):
-        for results in searcher.query_batch(queries[start : start + args.batch], k=RERANK):
-            for name, rows in orders(results).items():
-                lists.setdefault(f"as searched, {name}", []).append([position(r) for r in rows])
-            matched.append([r.match for r in results])
-    seconds = (time.perf_counter() - started) / len(queries)
+    rows, matched, seconds = search_copies(searcher, queries, position, args.batch, "as searched")
+    if args.latent_baseline:
+        latent = where.with_name(where.name + "-latent")
+        build_index(gallery, latent, {"blocks": ["latent"], "projection": False})
+        rows |= search_copies(Searcher(latent / "index"), queries, position, args.batch, "latent only, as searched")[0]
 
     def hits(lists: list[list[int]], k: int) -> np.ndarray:
         return np.array([canonical[originals[q]] in canonical[ids[:k]] for q, ids in enumerate(lists)])
 
-    rows = dict(reversed(lists.items()))  # no re-ranking first
     out: dict = {"split": args.split, "originals": args.originals, "seed": args.seed, "queries": len(queries),
                  "seconds_per_query": seconds, "machine": platform.processor() or platform.machine(),
                  "reranked_queries": float(np.mean([m[0] is not None for m in matched])), "rows": {}}  # fmt: skip
@@ -145,8 +160,8 @@ def main() -> None:
           f"(batches of {args.batch}); re-ranked: {out['reranked_queries']:.3f} of queries\n")  # fmt: skip
     print("| search | R@1 | R@10 | " + " | ".join(EDITS) + " |")
     print("|---|---|---|" + "---|" * len(EDITS))
-    for name, lists in rows.items():
-        r1, r10 = hits(lists, 1), hits(lists, 10)
+    for name, found in rows.items():
+        r1, r10 = hits(found, 1), hits(found, 10)
         per_edit = {e: float(r1[names == e].mean()) for e in EDITS}
         out["rows"][name] = {"R@1": float(r1.mean()), "R@10": float(r10.mean()), "per_edit_R@1": per_edit,
                              "per_edit_R@10": {e: float(r10[names == e].mean()) for e in EDITS}}  # fmt: skip
