@@ -27,7 +27,7 @@ from tqdm import tqdm
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedding.embedder import Embedder, normalise
 from indexer.errors import ConfigError, InvalidImageError
-from indexer.images import IMAGE_EXTENSIONS, crop_for_embedding, load_image, to_tensor
+from indexer.images import IMAGE_EXTENSIONS, MAX_TRIMS, crop_for_embedding, load_image, to_tensor
 from indexer.embedding.model import DiffusionModel
 from indexer.embedding.projection import fit_projection
 from indexer.training.train import TrainConfig, build_unet
@@ -127,7 +127,7 @@ def colour_histogram(pixels: torch.Tensor, bins: int = 8) -> npt.NDArray[np.floa
 
 
 class _Crops(Dataset):
-    def __init__(self, paths: Sequence[Path], size: int, trim: bool = True, mirror: bool = False) -> None:
+    def __init__(self, paths: Sequence[Path], size: int, trim: int = MAX_TRIMS, mirror: bool = False) -> None:
         self.paths, self.size, self.trim, self.mirror = list(paths), size, trim, mirror
 
     def __len__(self) -> int:
@@ -166,7 +166,7 @@ def encode_set(
     size: int,
     cache_dir: Path | None,
     workers: int = 2,
-    trim: bool = True,
+    trim: int = MAX_TRIMS,
     mirror: bool = False,
 ) -> EncodedSet:
     """The photos' x0 latents and colour histograms (of their left-right mirrors with `mirror`)."""
@@ -256,7 +256,7 @@ def evaluate(
     for variant in variants:
         model = variant.model or next(v.model for v in variants if v.model is not None)
         size = variant.config.image_size if variant.config else 128
-        trim = variant.config.trim_borders if variant.config else True
+        trim = variant.config.trims if variant.config else MAX_TRIMS
         key = (model.encoder_fingerprint, size, trim)
         if key not in encoded:
             encoded[key] = encode_set(model, labelled.paths, size, cache_dir, workers, trim)
