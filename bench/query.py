@@ -125,10 +125,12 @@ def http_bench(
     runtime: str = "auto",
     mirror: bool = True,
     rerank: bool = True,
+    expand: bool = True,
 ) -> None:
     port = free_port()
     env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false", "DIFFSEARCH_RUNTIME": runtime,
-           "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false", "DIFFSEARCH_RERANK": "20" if rerank else "0"}  # fmt: skip
+           "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false", "DIFFSEARCH_RERANK": "20" if rerank else "0",
+           "DIFFSEARCH_EXPAND": "2" if expand else "0"}  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--index", str(index_dir), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -143,8 +145,9 @@ def http_bench(
                 time.sleep(0.2)
         load(url, photo, 1, 3)  # warm-up
         mode = "micro-batched" if batching else "one request at a time"
-        default = batching and runtime == "auto" and mirror and rerank
+        default = batching and runtime == "auto" and mirror and rerank and expand
         what = ("query + mirror" if mirror else "no mirror") + (", top 20 re-ranked" if rerank else ", no re-ranking")
+        what += ", expanded" if rerank and expand else ""
         print(f"\n{mode}, runtime {runtime}, {what}{' (default)' if default else ''}:\n")
         print("| clients | requests | errors | p50 ms | p99 ms | req/s |")
         print("|---|---|---|---|---|---|")
@@ -205,6 +208,7 @@ def main() -> None:
     parser.add_argument("--baseline-runtime", default="", help="first serve micro-batched with this runtime (e.g. torch)")
     parser.add_argument("--mirror-baseline", action="store_true", help="first serve micro-batched without the mirrored query")
     parser.add_argument("--rerank-baseline", action="store_true", help="first serve micro-batched without re-ranking")
+    parser.add_argument("--expand-baseline", action="store_true", help="first serve micro-batched re-ranked without expansion")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="diffsearch-query-"))
     padded = work / "index"
@@ -219,6 +223,8 @@ def main() -> None:
         http_bench(padded, photo, args.seconds, batching=True, mirror=False)
     if args.rerank_baseline:
         http_bench(padded, photo, args.seconds, batching=True, rerank=False)
+    if args.expand_baseline:
+        http_bench(padded, photo, args.seconds, batching=True, expand=False)
     http_bench(padded, photo, args.seconds, batching=True, soak_minutes=args.soak_minutes)
     if args.faiss_sizes:
         index = PhotoIndex.open(args.index)
