@@ -287,8 +287,8 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 
 def prepare(source: ImageInput, size: int, trim: int = MAX_TRIMS, frame_aspect: float = 1.0) -> torch.Tensor:
-    """Load, trim flat borders (at most `trim` times: `trim_borders`; 0: not at all) and crop one image to a (3, size, size) tensor in [0, 1]
-    (with `frame_aspect` > 1, (3, H, W): see `frame_crop`)."""
+    """Load, trim flat borders (at most `trim` times: `trim_borders`; 0: not at all) and crop one
+    image to a (3, size, size) tensor in [0, 1] (with `frame_aspect` > 1, (3, H, W): see `frame_crop`)."""
     image, _ = load_image(source)
     return to_tensor([crop_for_embedding(image, size, trim, frame_aspect=frame_aspect)])[0]
 

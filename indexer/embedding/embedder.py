@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler
 from indexer.embedding.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
 from indexer.embedding.features import pool
-from indexer.images import ImageInput, crop_for_embedding, load_image, prepare, prepare_with_mirror, to_tensor
+from indexer.images import ImageInput, crop_for_embedding, load_image, prepare, prepare_with_mirror, to_tensor, trim_borders
 from indexer.embedding.inversion import invert
 from indexer.embedding.model import DiffusionModel, load_model
 from indexer.embedding.projection import Projection, normalise
@@ -224,12 +224,13 @@ class Embedder:
     def template_pixels(self, image: ImageInput) -> list[torch.Tensor]:
         """The query's centre square at each of TEMPLATE_SCALES below 1 (decoded once), to match
         against photos' latents (searcher.rerank). At scale 1 the template is the centre window of
-        the query's own frame latent (`query_template`): no encoding of its own."""
-        decoded = load_image(image)[0]
+        the query's own frame latent (`query_template`): no encoding of its own. Borders are
+        trimmed once for every scale."""
+        trimmed = trim_borders(load_image(image)[0], self.config.trims)
         out = []
         for scale in TEMPLATE_SCALES[1:]:
             size = max(self.model.downscale, round(self.config.image_size * scale / self.model.downscale) * self.model.downscale)
-            out.append(to_tensor([crop_for_embedding(decoded, size, self.config.trims)])[0])
+            out.append(to_tensor([crop_for_embedding(trimmed, size, trim=0)])[0])
         return out
 
     def query_template(self, frame_latent: Latent) -> torch.Tensor:
