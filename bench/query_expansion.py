@@ -35,7 +35,7 @@ from bench.searched import build_index, gallery_positions  # noqa: E402
 from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
 from searcher.expansion import SAME, expand, expanded_query  # noqa: E402
-from searcher.rerank import MATCH_WEIGHT, RERANK  # noqa: E402
+from searcher.rerank import RERANK, order_key  # noqa: E402
 from searcher.results import SearchResult  # noqa: E402
 from searcher.searcher import Searcher  # noqa: E402
 
@@ -61,7 +61,7 @@ def expanded_then_reranked(vectors: dict[int, np.ndarray], n: int) -> Order:
         head = sorted(verified(results), key=lambda r: r.distance)
         used = [r for r in head if r.distance >= SAME][:n]
         q = expanded_query(query, np.stack([vectors[r.id] for r in used]), np.array([r.distance for r in used]))
-        return sorted(head, key=lambda r: float(np.sum((vectors[r.id] - q) ** 2)) - MATCH_WEIGHT * (r.match or 0.0))
+        return sorted(head, key=lambda r: order_key(float(np.sum((vectors[r.id] - q) ** 2)), r.match or 0.0))
 
     return order
 

@@ -45,7 +45,7 @@ from indexer.indexing import index_photos  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
-from searcher.rerank import MATCH_WEIGHT, RERANK  # noqa: E402
+from searcher.rerank import RERANK, order_key  # noqa: E402
 from searcher.results import SearchResult  # noqa: E402
 from searcher.searcher import Searcher  # noqa: E402
 
@@ -65,7 +65,7 @@ def orders(results: list[SearchResult]) -> dict[str, list[SearchResult]]:
     """One search's results as the default orders them, and re-sorted as re-ranking alone and as
     distance alone would have ordered them (every result carries its distance and match)."""
     head, tail = [r for r in results if r.match is not None], [r for r in results if r.match is None]
-    verified = sorted(head, key=lambda r: r.distance**2 - MATCH_WEIGHT * (r.match or 0.0)) + tail
+    verified = sorted(head, key=lambda r: order_key(r.distance**2, r.match or 0.0)) + tail
     return {"re-ranked + expanded (default)": results, "re-ranked, no expansion": verified,
             "no re-ranking": sorted(results, key=lambda r: r.distance)}  # fmt: skip
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from searcher.rerank import MATCH_WEIGHT
+from searcher.rerank import order_key
 from searcher.results import SearchResult
 
 # How many of the re-ranked first results expand the query (best of 1, 2 and 3 on validation).
@@ -61,6 +61,6 @@ def expand(
     used = head[same : same + n]
     q = expanded_query(query, np.stack([vectors[r.id] for r in used]), np.array([r.distance for r in used]))
     movable = head[kept:]
-    keys = [float(np.sum((vectors[r.id] - q) ** 2)) - MATCH_WEIGHT * float(r.match or 0.0) for r in movable]
+    keys = [order_key(float(np.sum((vectors[r.id] - q) ** 2)), float(r.match or 0.0)) for r in movable]
     order = np.argsort(keys, kind="stable")
     return head[:kept] + [movable[i] for i in order] + results[len(head) :]

@@ -67,6 +67,12 @@ def match_scores(templates: Sequence[torch.Tensor], candidates: Sequence[torch.T
     return best
 
 
+def order_key(squared_distance: float, match: float) -> float:
+    """What a re-ranked short list is sorted by: squared distance less MATCH_WEIGHT x match score
+    (searcher.expansion sorts by the same, with the expanded query's distance)."""
+    return squared_distance - MATCH_WEIGHT * match
+
+
 def can_rerank(ids: Sequence[int], latents: Mapping[int, npt.NDArray[np.float16]]) -> bool:
     """Whether a short list of these photo ids can be re-ranked: two or more, every one with a kept
     latent (an index from before latents were kept has none; a partial re-ranking would favour the
@@ -83,6 +89,6 @@ def rerank(
     if not can_rerank([r.id for r in head], latents):
         return results
     scores = match_scores(templates, [torch.from_numpy(latents[r.id].astype(np.float32)) for r in head])
-    keys = [r.distance**2 - MATCH_WEIGHT * s for r, s in zip(head, scores, strict=True)]
+    keys = [order_key(r.distance**2, s) for r, s in zip(head, scores, strict=True)]
     order = np.argsort(keys, kind="stable")
     return [head[i].model_copy(update={"match": float(scores[i])}) for i in order] + results[n:]
