@@ -66,7 +66,7 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.searcher = searcher or Searcher(settings.location, settings.runtime_options(), mirror=settings.mirror_queries, rerank=settings.rerank, expand=settings.expand)
+        app.state.searcher = searcher or Searcher.from_settings(settings)
         batching = settings.batching and app.state.searcher.queue is None
         if batching:
             app.state.searcher.start_batching(settings.batch_size, settings.batch_wait_ms, settings.max_queue)

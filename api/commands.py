@@ -41,7 +41,7 @@ def query(
 
     settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror, rerank=rerank, expand=expand)
     try:
-        searcher = Searcher(settings.location, settings.runtime_options(), mirror=settings.mirror_queries, rerank=settings.rerank, expand=settings.expand)
+        searcher = Searcher.from_settings(settings)
         results = searcher.query(image, k, max_distance, path_prefix)
     except DiffsearchError as exc:
         fail(exc)

@@ -19,6 +19,7 @@ from indexer.embedding.config import RuntimeOptions
 from indexer.embedding.embedder import Embedder, FrameEmbeddings, Latent
 from indexer.errors import ConfigError, IndexCorruptError, IndexMismatchError
 from indexer.images import ImageInput, load_image
+from indexer.settings import Settings
 from indexer.storage import PhotoIndex, VectorIndex
 from indexer.embedding.model import DiffusionModel
 from indexer.storage.rows import Photo, read_latents
@@ -69,6 +70,12 @@ class Searcher:
         self._model_lock = threading.Lock()
         self.queue: EmbeddingQueue | None = None
         self.search_batcher: SearchBatcher | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Searcher:
+        """The searcher `settings` describe: where the index is, how to run the model, and the query
+        defaults (mirror, re-ranking depth, expansion) that calls may override."""
+        return cls(settings.location, settings.runtime_options(), mirror=settings.mirror_queries, rerank=settings.rerank, expand=settings.expand)
 
     def start_batching(self, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 64) -> EmbeddingQueue:
         """From now on, concurrent `query` calls from several threads share batched forward passes."""
