@@ -52,19 +52,38 @@ def match_scores(templates: Sequence[torch.Tensor], candidates: Sequence[torch.T
         centred = t.float() - mean
         by_size.setdefault(tuple(centred.shape[1:]), []).append(centred / centred.norm().clamp_min(1e-6))
     kernels = {size: torch.stack(units) for size, units in by_size.items()}
-    by_shape: dict[tuple[int, ...], list[int]] = {}  # candidates of one shape are matched in one convolution
+    by_orientation: dict[bool, list[int]] = {}  # portrait frames and the rest: one convolution each
     for r, candidate in enumerate(candidates):
-        by_shape.setdefault(tuple(candidate.shape), []).append(r)
-    for (_, height, width), rows in by_shape.items():
-        g = torch.stack([candidates[r].float() for r in rows]) - mean
-        energy = (g * g).sum(1, keepdim=True)
-        for (h, w), kernel in kernels.items():
-            if height < h or width < w:
-                continue
-            window_norms = F.conv2d(energy, torch.ones(1, 1, h, w)).sqrt().clamp_min(1e-6)
-            cosines = (F.conv2d(g, kernel) / window_norms).amax(dim=(1, 2, 3)).double().numpy()
-            best[rows] = np.maximum(best[rows], cosines)
+        by_orientation.setdefault(candidate.shape[1] > candidate.shape[2], []).append(r)
+    for rows in by_orientation.values():
+        _best_windows(kernels, [candidates[r].float() - mean for r in rows], best, np.array(rows))
     return best
+
+
+def _best_windows(
+    kernels: Mapping[tuple[int, int], torch.Tensor], centred: Sequence[torch.Tensor], best: npt.NDArray[np.float64], rows: npt.NDArray[np.int64]
+) -> None:
+    """`best[rows]` raised to each centred candidate's best window cosine with any unit kernel.
+    The candidates are zero-padded to one shape (frames differ by a few cells) and matched in one
+    convolution per kernel size; windows reaching into a candidate's padding are left out, so each
+    score is exactly its own frame's."""
+    heights = torch.tensor([c.shape[1] for c in centred])
+    widths = torch.tensor([c.shape[2] for c in centred])
+    g = torch.zeros(len(centred), centred[0].shape[0], int(heights.max()), int(widths.max()))
+    for j, c in enumerate(centred):
+        g[j, :, : c.shape[1], : c.shape[2]] = c
+    energy = (g * g).sum(1, keepdim=True)
+    for (h, w), kernel in kernels.items():
+        fits = ((heights >= h) & (widths >= w)).numpy()
+        if not fits.any():
+            continue
+        window_norms = (F.avg_pool2d(energy, (h, w), stride=1) * (h * w)).sqrt().clamp_min(1e-6)
+        cosines = (F.conv2d(g, kernel) / window_norms).amax(1)  # (n, H - h + 1, W - w + 1)
+        inside = (torch.arange(cosines.shape[1])[None, :, None] <= (heights - h)[:, None, None]) & (
+            torch.arange(cosines.shape[2])[None, None, :] <= (widths - w)[:, None, None]
+        )
+        scores = cosines.masked_fill(~inside, -torch.inf).amax(dim=(1, 2)).double().numpy()
+        best[rows[fits]] = np.maximum(best[rows[fits]], scores[fits])
 
 
 def order_key(squared_distance: float, match: float) -> float:
