@@ -37,6 +37,35 @@ def test_a_window_cut_from_a_latent_matches_there_best(embedder, sample_photos):
     assert match_scores([torch.zeros(32, 30, 30)], latents).tolist() == [-1.0] * 6  # fits in none: no score
 
 
+def brute_force_scores(templates, candidates):
+    """match_scores' definition written out window by window."""
+    mean = torch.cat([c.flatten(1) for c in candidates], 1).mean(1)[:, None, None]
+    best = []
+    for c in candidates:
+        g, scores = c - mean, [-1.0]
+        for t in templates:
+            u = (t - mean) / (t - mean).norm()
+            h, w = t.shape[1:]
+            for y in range(c.shape[1] - h + 1):
+                for x in range(c.shape[2] - w + 1):
+                    window = g[:, y : y + h, x : x + w]
+                    scores.append(float((u * window).sum() / window.norm()))
+        best.append(max(scores))
+    return np.array(best)
+
+
+def test_frames_of_every_shape_score_as_if_matched_alone():
+    # Landscape, portrait and square frames of different sizes share padded convolutions; no
+    # window may reach into another frame's padding.
+    rng = np.random.default_rng(1)
+    shapes = [(4, 6, 9), (4, 9, 6), (4, 6, 6), (4, 7, 6), (4, 6, 8), (4, 5, 5)]
+    candidates = [torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    templates = [candidates[0][:, 1:6, 3:8].clone(), torch.from_numpy(rng.standard_normal((4, 3, 3)).astype(np.float32)), torch.zeros(4, 6, 7) + 1]
+    scores = match_scores(templates, candidates)
+    assert scores == pytest.approx(brute_force_scores(templates, candidates), abs=1e-5)
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
 def result(id_, distance):
     return SearchResult(id=id_, path=f"/p/{id_}", distance=distance, score=1 - distance**2 / 2, width=1, height=1)
 
