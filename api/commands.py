@@ -29,7 +29,7 @@ def query(
     max_distance: Annotated[Optional[float], typer.Option(help="Drop results farther than this")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
     mirror: Annotated[Optional[bool], typer.Option("--mirror/--no-mirror", help="Also search as the left-right mirror, to find mirrored copies [env DIFFSEARCH_MIRROR_QUERIES; default on]")] = None,
-    rerank: Annotated[Optional[int], typer.Option(min=0, help="Re-rank this many nearest by where the photo sits in each, so crops and re-framed copies come first; 0: off [env DIFFSEARCH_RERANK; default 20]")] = None,
+    rerank: Annotated[Optional[int], typer.Option(min=0, help="Re-rank this many nearest by where the photo sits in each, so crops and re-framed copies come first; 0: off [env DIFFSEARCH_RERANK; default 100]")] = None,
     expand: Annotated[Optional[int], typer.Option(min=0, help="After re-ranking, order the rest by the query expanded with this many first results, so photos like the best match come next; 0: off [env DIFFSEARCH_EXPAND; default 2]")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,

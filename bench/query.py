@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from indexer.storage import PhotoIndex  # noqa: E402
 from indexer.storage.rows import Photo, latent_row, read_latents  # noqa: E402
+from searcher.rerank import RERANK  # noqa: E402
 
 
 def pad_index(source: Path, target: Path, total: int, seed: int = 0) -> int:
@@ -129,7 +130,7 @@ def http_bench(
 ) -> None:
     port = free_port()
     env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false", "DIFFSEARCH_RUNTIME": runtime,
-           "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false", "DIFFSEARCH_RERANK": "20" if rerank else "0",
+           "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false", "DIFFSEARCH_RERANK": str(RERANK) if rerank else "0",
            "DIFFSEARCH_EXPAND": "2" if expand else "0"}  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--index", str(index_dir), "--port", str(port)],
@@ -146,7 +147,7 @@ def http_bench(
         load(url, photo, 1, 3)  # warm-up
         mode = "micro-batched" if batching else "one request at a time"
         default = batching and runtime == "auto" and mirror and rerank and expand
-        what = ("query + mirror" if mirror else "no mirror") + (", top 20 re-ranked" if rerank else ", no re-ranking")
+        what = ("query + mirror" if mirror else "no mirror") + (f", top {RERANK} re-ranked" if rerank else ", no re-ranking")
         what += ", expanded" if rerank and expand else ""
         print(f"\n{mode}, runtime {runtime}, {what}{' (default)' if default else ''}:\n")
         print("| clients | requests | errors | p50 ms | p99 ms | req/s |")

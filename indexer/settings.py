@@ -53,7 +53,7 @@ class Settings:
     mirror_queries: bool = True
     # How many of a query image's nearest photos are re-ranked by where the query sits in each
     # (searcher.rerank: cropped and re-framed copies come first); 0 turns it off.
-    rerank: int = 20
+    rerank: int = 100
     # How many of the re-ranked first results expand the query that orders the rest of them
     # (searcher.expansion: photos like the best match come next); 0 turns it off.
     expand: int = 2

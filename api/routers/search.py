@@ -21,7 +21,7 @@ Mirror = Annotated[
 ]
 Rerank = Annotated[
     int | None,
-    Query(ge=0, le=MAX_K, description="Re-rank this many nearest photos by where the query sits in each, so crops and re-framed copies come first; 0: off (default: the server's setting, 20)"),
+    Query(ge=0, le=MAX_K, description="Re-rank this many nearest photos by where the query sits in each, so crops and re-framed copies come first; 0: off (default: the server's setting, 100)"),
 ]
 Expand = Annotated[
     int | None,

@@ -123,3 +123,12 @@ def test_dedup_groups_exact_and_near_copies(tmp_path, embedder):
                                     sorted(["copy_recompressed.jpg", originals[1].name])])  # fmt: skip
     exact = next(g for g in groups if any("copy_exact" in p.path for p in g.photos))
     assert max(p.distance for p in exact.photos) < 1e-5
+
+
+def test_the_server_and_cli_defaults_are_the_python_apis():
+    # Settings (indexer) cannot import the searcher's constants; this keeps them the same numbers.
+    from indexer.settings import Settings
+    from searcher.expansion import EXPAND
+    from searcher.rerank import RERANK
+
+    assert (Settings().rerank, Settings().expand) == (RERANK, EXPAND) == (100, 2)
