@@ -13,7 +13,8 @@ search's 20 results re-sorted: by distance^2 - MATCH_WEIGHT x match (which is wh
 alone orders by), and by distance. Caltech's Faces_easy/Faces twins count as the original, as there.
 
 `--latent-baseline` adds the TAEF2 latent alone (same pooling, not projected) indexed and searched
-the same way (mirror, re-ranking, expansion), so each edit's row can be set against it.
+the same way (mirror, re-ranking, expansion), so each edit's row, and class retrieval as searched,
+can be set against it.
 
 Class retrieval as searched (--classes): every gallery photo queries the index as a user's photo
 would (itself excluded from its results); P@1 and P@10 of its class among the rest, with and
@@ -84,7 +85,7 @@ def build_index(photos: list[Path], where: Path, embedding: dict | None = None) 
     print(f"index: {summary.added} added, {summary.unchanged} unchanged, {summary.failed} failed in {summary.seconds:.0f} s")
 
 
-def class_retrieval(searcher: Searcher, gallery: list[Path], batch: int) -> dict[str, dict[str, float]]:
+def class_retrieval(searcher: Searcher, gallery: list[Path], batch: int, label: str = "") -> dict[str, dict[str, float]]:
     """Each gallery photo as a query: P@1 and P@10 of its class among the other photos, as searched."""
     classes = np.array([p.parent.name for p in gallery])
     position = gallery_positions(gallery)
@@ -96,7 +97,7 @@ def class_retrieval(searcher: Searcher, gallery: list[Path], batch: int) -> dict
                 hits.setdefault(name, []).append(classes[[position(r) for r in rows[:10]]] == classes[q])
     unseen = np.isin(classes, held_out_classes())  # the classes the bundled model never saw labelled
     out: dict[str, dict[str, float]] = {}
-    print(f"\nclass retrieval as searched, {len(gallery)} queries ({unseen.sum()} of held-out classes), among all photos:\n")
+    print(f"\n{label}class retrieval as searched, {len(gallery)} queries ({unseen.sum()} of held-out classes), among all photos:\n")
     print("| order | P@1 | P@10 | held-out classes P@1 | P@10 |\n|---|---|---|---|---|")
     for name, rows in hits.items():
         first, tenth = np.array([h[0] for h in rows]), np.array([h.mean() for h in rows])
@@ -148,7 +149,8 @@ def main() -> None:
     if args.latent_baseline:
         latent = where.with_name(where.name + "-latent")
         build_index(gallery, latent, {"blocks": ["latent"], "projection": False})
-        rows |= search_copies(Searcher(latent / "index"), queries, position, args.batch, "latent only, as searched")[0]
+        latent_searcher = Searcher(latent / "index")
+        rows |= search_copies(latent_searcher, queries, position, args.batch, "latent only, as searched")[0]
 
     def hits(lists: list[list[int]], k: int) -> np.ndarray:
         return np.array([canonical[originals[q]] in canonical[ids[:k]] for q, ids in enumerate(lists)])
@@ -168,6 +170,8 @@ def main() -> None:
         print(f"| {name} | {r1.mean():.3f} | {r10.mean():.3f} | " + " | ".join(f"{v:.3f}" for v in per_edit.values()) + " |")
     if args.classes:
         out["classes"] = class_retrieval(searcher, gallery, args.batch)
+        if args.latent_baseline:
+            out["classes_latent_only"] = class_retrieval(latent_searcher, gallery, args.batch, "latent only: ")
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwritten: {args.out}")
 
