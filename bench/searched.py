@@ -6,10 +6,10 @@
 product as a user meets it: `index_photos` builds an index of every photo of the split (SQLite +
 FAISS, whole-frame latents kept; cached under runs/, rebuilt when the model or settings change),
 and each edited copy (indexer.training.views.EDITS, the same seeds and originals as
-near_duplicates.py) is searched with the default settings: its mirror too, then the nearest 20
+near_duplicates.py) is searched with the default settings: its mirror too, then the nearest RERANK (100)
 re-ranked by spatial match (searcher.rerank), the rest after the first ordered by the expanded
 query (searcher.expansion). The rows without expansion and without re-ranking are the same
-search's 20 results re-sorted: by distance^2 - MATCH_WEIGHT x match (which is what re-ranking
+search's RERANK results re-sorted: by distance^2 - MATCH_WEIGHT x match (which is what re-ranking
 alone orders by), and by distance. Caltech's Faces_easy/Faces twins count as the original, as there.
 
 `--latent-baseline` adds the TAEF2 latent alone (same pooling, not projected) indexed and searched
