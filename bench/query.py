@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from indexer.storage import PhotoIndex  # noqa: E402
 from indexer.storage.rows import Photo, latent_row, read_latents  # noqa: E402
+from searcher.expansion import EXPAND  # noqa: E402
 from searcher.rerank import RERANK  # noqa: E402
 
 
@@ -131,7 +132,7 @@ def http_bench(
     port = free_port()
     env = {**os.environ, "DIFFSEARCH_BATCHING": "true" if batching else "false", "DIFFSEARCH_RUNTIME": runtime,
            "DIFFSEARCH_MIRROR_QUERIES": "true" if mirror else "false", "DIFFSEARCH_RERANK": str(RERANK) if rerank else "0",
-           "DIFFSEARCH_EXPAND": "2" if expand else "0"}  # fmt: skip
+           "DIFFSEARCH_EXPAND": str(EXPAND) if expand else "0"}  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--index", str(index_dir), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,

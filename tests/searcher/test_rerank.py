@@ -92,11 +92,11 @@ def test_reframed_copies_find_their_originals_first_far_more_often(searcher, sam
         assert all(r.match is not None for r in found) and -1 <= min(r.match for r in found) <= max(r.match for r in found) <= 1
         without = searcher.query(query, k=RERANK, rerank=0)
         assert all(r.match is None for r in without)
-        assert sorted(r.id for r in without) == sorted(r.id for r in found)  # the same 20, re-ordered
+        assert sorted(r.id for r in without) == sorted(r.id for r in found)  # the same RERANK nearest (here all 64), re-ordered
         reranked += found[0].path == str(path)
         plain += without[0].path == str(path)
-    # Measured on these 32: 27 first with re-ranking, 21 without (frame_aspect 1.25; a strip this
-    # far from the middle lies partly outside the kept frame).
+    # Measured on these 32: 27 first with re-ranking (20 or 100 re-ranked alike), 20 without
+    # (frame_aspect 1.25; a strip this far from the middle lies partly outside the kept frame).
     assert reranked >= 0.75 * len(photos) and reranked >= plain + 4, (reranked, plain, len(photos))
 
 
