@@ -96,11 +96,19 @@ def vectors(model: DiffusionModel, config: EmbeddingConfig, x0: torch.Tensor) ->
 
 
 def same_photo(paths: list[Path]) -> np.ndarray:
-    """Each gallery photo's canonical index: its own, except that Caltech's Faces_easy/image_N is a
-    tighter crop of the very photo Faces/image_N (all 145 such pairs of the test split), so both
-    get the Faces photo's index. Finding one for the other is finding the original."""
+    """Each gallery photo's canonical index: its own, except where Caltech holds one photo twice,
+    so both get one index and finding one for the other is finding the original: Faces_easy/image_N
+    is a tighter crop of the very photo Faces/image_N (all 145 such pairs of the test split), and
+    bench/splits/same_photo.txt lists the other test pairs (14, found by PHash and looked at; since
+    2026-11-29: before, they counted as different photos)."""
     index = {(p.parent.name, p.name): i for i, p in enumerate(paths)}
-    return np.array([index.get(("Faces", p.name), i) if p.parent.name == "Faces_easy" else i for i, p in enumerate(paths)])
+    canonical = np.array([index.get(("Faces", p.name), i) if p.parent.name == "Faces_easy" else i for i, p in enumerate(paths)])
+    for line in (ROOT / "bench" / "splits" / "same_photo.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            a, b = (index.get(tuple(name.split("/"))) for name in line.split())
+            if a is not None and b is not None:
+                canonical[canonical == canonical[b]] = canonical[a]
+    return canonical
 
 
 def recall(distances: np.ndarray, originals: np.ndarray, canonical: np.ndarray, ks=(1, 10)) -> dict[str, np.ndarray]:
