@@ -42,14 +42,18 @@ def with_mirrors(templates: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t for template in templates for t in (template, torch.flip(template, dims=[2]))]
 
 
-def match_scores(templates: Sequence[torch.Tensor], candidates: Sequence[torch.Tensor]) -> npt.NDArray[np.float64]:
+def match_scores(
+    templates: Sequence[torch.Tensor], candidates: Sequence[torch.Tensor], mean: torch.Tensor | None = None
+) -> npt.NDArray[np.float64]:
     """For each candidate latent (C, H, W): the best cosine between any template (C, h, w) and a
-    window of the candidate, both centred by the mean latent cell of the candidates; -1 for a
-    candidate smaller than every template."""
+    window of the candidate, both centred by `mean` (C,) (default: the mean latent cell of the
+    candidates); -1 for a candidate smaller than every template."""
     best = np.full(len(candidates), -1.0)
     if not candidates or not templates:
         return best
-    mean = torch.cat([c.float().flatten(1) for c in candidates], 1).mean(1)[:, None, None]
+    if mean is None:
+        mean = torch.cat([c.float().flatten(1) for c in candidates], 1).mean(1)
+    mean = mean.float()[:, None, None]
     by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
     for t in templates:
         centred = t.float() - mean
