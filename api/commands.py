@@ -12,7 +12,7 @@ from api.indexing_commands import index as index_command
 from api.options import DatabaseOpt, DeviceOpt, IndexOpt, JsonOpt, app, fail, load_settings
 from indexer.errors import DiffsearchError
 from indexer.storage import display_location
-from searcher.dedup import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_THRESHOLD
+from searcher.dedup import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_MATCH_WEIGHT, DEFAULT_THRESHOLD, VECTORS_ONLY
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -56,29 +56,31 @@ def query(
 
 @app.command()
 def dedup(
-    threshold: Annotated[Optional[float], typer.Option(help=f"Euclidean distance under which two photos are always duplicates (default {DEFAULT_THRESHOLD:.2f})")] = None,
-    gap: Annotated[Optional[float], typer.Option(help=f"also a photo's nearest photos before a jump d_j <= gap * d_(j+1), for heavier edits; 0: the threshold alone (default {DEFAULT_GAP:.2f})")] = None,
-    cap: Annotated[Optional[float], typer.Option(help=f"the gap test never links photos further apart than this (default {DEFAULT_CAP:.2f})")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=f"distance under which two photos are always duplicates (default {DEFAULT_THRESHOLD:.2f} verified, {VECTORS_ONLY.threshold:.2f} vectors alone)")] = None,
+    gap: Annotated[Optional[float], typer.Option(help=f"also a photo's nearest photos before a jump d_j <= gap * d_(j+1), for heavier edits; 0: the threshold alone (default {DEFAULT_GAP:.2f} verified, {VECTORS_ONLY.gap:.2f} vectors alone)")] = None,
+    cap: Annotated[Optional[float], typer.Option(help=f"the gap test never links photos further apart than this (default {DEFAULT_CAP:.2f} verified, {VECTORS_ONLY.cap:.2f} vectors alone)")] = None,
+    match_weight: Annotated[Optional[float], typer.Option(help=f"verify each pair spatially (reads every photo again): distances become sqrt(d^2 + weight x (1 - match)); 0: vectors alone, faster (default {DEFAULT_MATCH_WEIGHT:.2f}; vectors alone where the index keeps no latents)")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate photos in the index."""
-    from searcher.dedup import DedupRule, find_duplicates
+    from searcher.dedup import can_verify, default_rule, find_duplicates
     from searcher.searcher import Searcher
 
     settings = load_settings(index_dir=index_dir, database=database)
     try:
-        given = {"threshold": threshold, "gap": gap, "cap": cap}
-        rule = DedupRule(**{name: value for name, value in given.items() if value is not None})
-        groups = find_duplicates(Searcher(settings.location, settings.runtime_options()), rule)
+        searcher = Searcher(settings.location, settings.runtime_options())
+        rule = default_rule(can_verify(searcher), threshold=threshold, gap=gap, cap=cap, match_weight=match_weight)
+        groups = find_duplicates(searcher, rule)
     except DiffsearchError as exc:
         fail(exc)
         return
     if as_json:
         _echo_list(groups)
         return
-    typer.echo(f"{len(groups)} group(s): distance <= {rule.threshold}" + (f", or before a gap of {rule.gap} up to {rule.cap}" if rule.gap else ""))
+    kind = f"verified distance (match weight {rule.match_weight})" if rule.match_weight else "distance"
+    typer.echo(f"{len(groups)} group(s): {kind} <= {rule.threshold}" + (f", or before a gap of {rule.gap} up to {rule.cap}" if rule.gap else ""))
     for n, group in enumerate(groups, 1):
         typer.echo(f"group {n} ({len(group.photos)} photos)")
         for photo in group.photos:

@@ -21,9 +21,11 @@ held every dedup rule's pair precision near 0.5 and cost recall on Faces queries
 Dedup as `diffsearch dedup` runs it (searcher.dedup, the default model's row, on the projection's
 instance dims where it has a class part beside them: the "dedup's dims" row): collections made of
 the gallery plus edited copies of the originals (one copy each, or 1-5 copies each), grouped by a
-`DedupRule`; precision and recall over all pairs inside the groups (a pair is true when both are
+`DedupRule` on plain distances (the vectors-only rule, `searcher.dedup.VECTORS_ONLY`, and its
+neighbours); precision and recall over all pairs inside the groups (a pair is true when both are
 the same original, its twin or its copies). Rules are chosen on the even-numbered originals and
-reported on the odd ones.
+reported on the odd ones. The default rule verifies pairs spatially on whole-frame latents, which
+this bench does not keep: bench/dedup.py measures it, on an index of the same photos.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from indexer.training.evaluation import LabelledSet, encode_set, with_mirror  # 
 from indexer.images import crop_for_embedding, load_image, to_tensor  # noqa: E402
 from indexer.embedding.model import DiffusionModel, load_model  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
-from searcher.dedup import DedupRule, duplicate_groups  # noqa: E402
+from searcher.dedup import VECTORS_ONLY, DedupRule, duplicate_groups  # noqa: E402
 from searcher.searcher import MIRROR_MAX_DISTANCE  # noqa: E402
 
 CACHE = ROOT / "runs" / "eval-cache"
@@ -136,17 +138,19 @@ def calibrate(distances: np.ndarray, originals: np.ndarray, canonical: np.ndarra
 
 
 def collection(gallery: np.ndarray, queries: np.ndarray, picked: np.ndarray, copies: np.ndarray, half: int,
-               canonical: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+               canonical: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """The gallery plus copies[n] edited copies (distinct edits) of every other original: vectors, true group
-    (a gallery photo's canonical index, so Caltech's own twins are one group)."""
+    (a gallery photo's canonical index, so Caltech's own twins are one group), and each row's edit
+    (its index in EDITS; -1 for a gallery photo)."""
     rng = np.random.default_rng(seed)
-    vectors, group = [gallery], list(canonical)
+    vectors, group, edit = [gallery], list(canonical), [-1] * len(gallery)
     for n, original in enumerate(picked):
         if n % 2 == half:
             for e in rng.choice(len(EDITS), copies[n], replace=False):
                 vectors.append(queries[n * len(EDITS) + e][None])
                 group.append(int(canonical[original]))
-    return np.vstack(vectors), np.array(group)
+                edit.append(int(e))
+    return np.vstack(vectors), np.array(group), np.array(edit)
 
 
 def nearest(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,18 +175,19 @@ def pair_scores(neighbours: np.ndarray, distances: np.ndarray, truth: np.ndarray
 
 
 def dedup_rules(gallery: np.ndarray, queries: np.ndarray, picked: np.ndarray, canonical: np.ndarray) -> list[dict]:
-    """The shipped rule, the threshold alone, and neighbours, in both scenarios and both halves."""
+    """The vectors-only rule (VECTORS_ONLY), the threshold alone, and neighbours, in both scenarios
+    and both halves, on plain distances (these are centre squares' vectors: no latents to verify)."""
     scenarios = {"one copy each": np.ones(len(picked), dtype=int),
                  "1-5 copies each": np.random.default_rng(1).choice([1, 1, 1, 2, 3, 5], len(picked))}  # fmt: skip
-    rules = [DedupRule(threshold=t, gap=0) for t in (0.2, 0.25, 0.3, 0.4)] + [DedupRule()]
-    rules += [DedupRule(threshold=t, gap=g, cap=c) for t in (0.15, 0.2) for g in (0.6, 0.65, 0.7, 0.75) for c in (0.45, 0.5, 0.55, 0.6, 0.7)]
-    rules += [DedupRule(threshold=0.3, gap=g, cap=c) for g in (0.65, 0.7, 0.75, 0.8) for c in (0.6, 0.7, 0.8)]
+    rules = [DedupRule(threshold=t, gap=0, match_weight=0) for t in (0.2, 0.25, 0.3, 0.4)] + [VECTORS_ONLY]
+    rules += [DedupRule(threshold=t, gap=g, cap=c, match_weight=0) for t in (0.15, 0.2) for g in (0.6, 0.65, 0.7, 0.75) for c in (0.45, 0.5, 0.55, 0.6, 0.7)]
+    rules += [DedupRule(threshold=0.3, gap=g, cap=c, match_weight=0) for g in (0.65, 0.7, 0.75, 0.8) for c in (0.6, 0.7, 0.8)]
     rules = list(dict.fromkeys(rules))  # the default is in a grid too
     k = max(rule.neighbours for rule in rules) + 1
     rows = [{"rule": {"threshold": rule.threshold, "gap": rule.gap, "cap": rule.cap}} for rule in rules]
     for name, copies in scenarios.items():
         for half, split in ((0, "choose"), (1, "report")):
-            x, truth = collection(gallery, queries, picked, copies, half, canonical)
+            x, truth, _ = collection(gallery, queries, picked, copies, half, canonical)
             neighbours, distances = nearest(x, k)  # once per collection, for every rule
             for row, rule in zip(rows, rules):
                 row[f"{name}, {split}"] = pair_scores(neighbours, distances, truth, rule)
