@@ -154,10 +154,13 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     mean = latent_mean(searcher, ids) if rule is None or rule.match_weight else None
     rule = rule or default_rule(mean is not None)
     if rule.match_weight and mean is None:
-        logger.warning("dedup: not every photo has a kept latent (re-index to keep them); comparing vectors alone")
+        logger.warning("dedup: some photos have no kept latent (a pixel-space model, or photos indexed before latents were kept); comparing vectors alone")
     vector_of, neighbours, distances = nearest_neighbours(searcher, ids, rule.neighbours + 2)
     if rule.match_weight and mean is not None:
-        matches = pair_matches(neighbours, PhotoTemplates(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), mean)
+        templates = PhotoTemplates(searcher, ids)
+        matches = pair_matches(neighbours, templates, lambda rows: latents_by_row(searcher, ids, rows), mean)
+        if templates.unreadable:
+            logger.warning("dedup: %d photo(s) could not be read again; each was verified with its kept latent alone", templates.unreadable)
         neighbours, distances = sorted_rows(neighbours, verified_distances(distances, matches, rule.match_weight))
     groups = []
     for rows in duplicate_groups(neighbours, distances, rule):
