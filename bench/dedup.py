@@ -16,8 +16,11 @@ it: bench/near_duplicates.py's same_photo).
 Rules are chosen on the even-numbered originals' collections and reported on the odd ones: the most
 recall (both scenarios' summed) at pair precision >= --precision in both scenarios, among the rules
 that put none of the 64 bundled samples (data/samples, indexed and deduplicated for real with
-`find_duplicates`) in a group. The rule shipped before verification is reported beside it, on plain
-distances, and one threshold alone (no gap test) is reported at precision >= 0.95, the issue's target.
+`find_duplicates`) in a group. In two steps: first the rule alone (verified at weights 1-4, or the
+vectors alone at weight 0), then, for the chosen rule, the strict vectors-only rule whose links on
+plain distances it adds (searcher.dedup.ALSO_BY_VECTORS; none is a candidate too). The rule shipped
+before verification is reported beside it, the best of each weight by the same test, each edit's
+share of copies found, and one threshold alone (no gap test) at precision >= 0.95, the issue's target.
 """
 
 from __future__ import annotations
@@ -38,16 +41,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.near_duplicates import collection, edited, nearest, pair_scores, same_photo  # noqa: E402
+from bench.near_duplicates import collection, edited, nearest, same_photo  # noqa: E402
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from bench.searched import build_index, link_name  # noqa: E402
 from indexer.indexing import index_photos  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
-from searcher.dedup import VECTORS_ONLY, DedupRule, find_duplicates  # noqa: E402
+from searcher.dedup import ALSO_BY_VECTORS, VECTORS_ONLY, DedupRule, find_duplicates, groups_of  # noqa: E402
 from searcher.searcher import Searcher  # noqa: E402
-from searcher.verification import pair_matches, sorted_rows, verified_distances  # noqa: E402
+from searcher.verification import pair_matches, verified_distances  # noqa: E402
 
 SCENARIOS = {"one copy each": 1, "1-5 copies each": (1, 1, 1, 2, 3, 5)}
 
@@ -110,11 +113,27 @@ def rule_grid() -> list[DedupRule]:
     return list(dict.fromkeys(rules))
 
 
-def scores(lists: tuple[np.ndarray, np.ndarray, np.ndarray], truth: np.ndarray, rule: DedupRule) -> dict[str, float]:
-    neighbours, distances, matches = lists
-    if rule.match_weight:
-        neighbours, distances = sorted_rows(neighbours, verified_distances(distances, matches, rule.match_weight))
-    return pair_scores(neighbours, distances, truth, rule)
+Lists = tuple[np.ndarray, np.ndarray, np.ndarray]  # neighbours, distances, pair matches
+Candidate = tuple[DedupRule, "DedupRule | None"]  # a rule, and the vectors-only rule whose links it adds
+
+
+def labels(lists: Lists, n: int, candidate: Candidate) -> np.ndarray:
+    """Each row's group label under the candidate (its own row number when in no group)."""
+    found = np.arange(n)
+    for g, rows in enumerate(groups_of(*lists, *candidate)):
+        found[rows] = n + g
+    return found
+
+
+def scores(lists: Lists, truth: np.ndarray, candidate: Candidate) -> dict[str, float]:
+    """Pair precision and recall of the candidate's groups against the true groups."""
+    found = labels(lists, len(truth), candidate)
+
+    def pairs(of) -> int:  # noqa: ANN001
+        return sum(c * (c - 1) // 2 for c in np.unique(of, axis=0, return_counts=True)[1])
+
+    hits = pairs(np.stack([found, truth], axis=1))
+    return {"precision": hits / max(pairs(found), 1), "recall": hits / pairs(truth)}
 
 
 def one_threshold(lists: tuple[np.ndarray, np.ndarray, np.ndarray], truth: np.ndarray, weight: float, precision: float = 0.95) -> dict[str, float]:
@@ -138,39 +157,39 @@ def one_threshold(lists: tuple[np.ndarray, np.ndarray, np.ndarray], truth: np.nd
             "recall": float(tp[best] / all_true) if best >= 0 else 0.0}  # fmt: skip
 
 
-def found_per_edit(lists: tuple[np.ndarray, np.ndarray, np.ndarray], truth: np.ndarray, edit: np.ndarray, rule: DedupRule) -> dict[str, float]:
-    """For each edit, the share of its copies that the rule groups with their original (or its twin)."""
-    group = np.arange(len(truth))
-    for n, rows in enumerate(_groups(*lists, rule)):
-        group[rows] = len(truth) + n
+def found_per_edit(lists: Lists, truth: np.ndarray, edit: np.ndarray, candidate: Candidate) -> dict[str, float]:
+    """For each edit, the share of its copies that the candidate groups with their original (or its twin)."""
+    group = labels(lists, len(truth), candidate)
     copies = np.nonzero(edit >= 0)[0]
     found = np.array([bool(((group == group[c]) & (truth == truth[c]) & (edit < 0)).any()) for c in copies])
     return {e: float(found[edit[copies] == n].mean()) for n, e in enumerate(EDITS)}
 
 
-def sample_groups(searcher_for, rules: list[DedupRule]) -> dict[DedupRule, int]:
-    """How many of the bundled samples each rule puts in groups (the real index and find_duplicates'
-    own neighbour lists and matches)."""
-    from searcher.dedup import latent_mean, latents_by_row, nearest_neighbours, PhotoTemplates
+def sample_groups(searcher_for, candidates: list[Candidate]) -> dict[Candidate, int]:
+    """How many of the bundled samples each candidate puts in groups (the real index, and
+    find_duplicates' own neighbour lists and matches)."""
+    from searcher.dedup import PhotoTemplates, latent_mean, latents_by_row, nearest_neighbours
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(index_dir=Path(tmp) / "index")
         index_photos([ROOT / "data" / "samples"], settings)
         searcher = searcher_for(settings.index_dir)
         ids = np.asarray(searcher._fresh_vectors().ids(), dtype=np.int64)
-        _, neighbours, distances = nearest_neighbours(searcher, ids, max(r.neighbours for r in rules) + 2)
+        _, neighbours, distances = nearest_neighbours(searcher, ids, max(c[0].neighbours for c in candidates) + 2)
         matches = pair_matches(neighbours, PhotoTemplates(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
-        grouped = {rule: sum(len(g) for g in _groups(neighbours, distances, matches, rule)) for rule in rules}
-        assert grouped[DedupRule()] == sum(len(g.photos) for g in find_duplicates(searcher))  # the same numbers as the product's
+        grouped = {c: sum(len(g) for g in groups_of(neighbours, distances, matches, *c)) for c in candidates}
+        shipped = groups_of(neighbours, distances, matches, DedupRule(), ALSO_BY_VECTORS)
+        assert sum(map(len, shipped)) == sum(len(g.photos) for g in find_duplicates(searcher))  # the product's own numbers
     return grouped
 
 
-def _groups(neighbours, distances, matches, rule):  # noqa: ANN001, ANN202
-    from searcher.dedup import duplicate_groups
-
-    if rule.match_weight:
-        neighbours, distances = sorted_rows(neighbours, verified_distances(distances, matches, rule.match_weight))
-    return duplicate_groups(neighbours, distances, rule)
+def also_grid() -> list[DedupRule | None]:
+    """Vectors-only rules whose links a verifying rule may add (None: none), strict ones."""
+    rules: list[DedupRule | None] = [None]
+    for t in (0.1, 0.15, 0.2, 0.25):
+        rules.append(DedupRule(threshold=t, gap=0, match_weight=0))
+        rules += [DedupRule(threshold=t, gap=g, cap=c, match_weight=0) for g in (0.4, 0.45, 0.5, 0.55, 0.6) for c in (0.35, 0.4, 0.45, 0.5, 0.55)]
+    return rules
 
 
 def main() -> None:
@@ -188,54 +207,71 @@ def main() -> None:
     picked = np.sort(np.random.default_rng(args.seed).choice(len(gallery), args.originals, replace=False))
     f = features(searcher, gallery, picked, args.seed, ROOT / "runs" / f"dedup-{args.split}-features.pkl")
     canonical = same_photo(gallery)
-    rules = rule_grid()
-    k = max(rule.neighbours for rule in rules) + 1
+    k = DedupRule().neighbours + 1
     rng = np.random.default_rng(1)
-    results: dict[str, list] = {"rules": [{"rule": asdict(rule)} for rule in rules]}
-    calibration: dict[str, dict] = {}
-    reported: dict[str, tuple] = {}
+    collections: dict[tuple[str, str], tuple[Lists, np.ndarray, np.ndarray]] = {}
     row_ids = np.arange(len(f["vectors"]))[:, None]
     for name, copies in SCENARIOS.items():
         counts = np.ones(len(picked), dtype=int) if copies == 1 else rng.choice(copies, len(picked))
         for half, split in ((0, "choose"), (1, "report")):
             x, truth, edit = collection(row_ids[: len(gallery)], row_ids[len(gallery) :], picked, counts, half, canonical)
-            lists = neighbour_lists(searcher, f, x[:, 0], k)
-            if split == "report":
-                reported[name] = (lists, truth, edit)
-            for row, rule in tqdm(list(zip(results["rules"], rules)), desc=f"{name}, {split}", unit="rule", leave=False):
-                row[f"{name}, {split}"] = scores(lists, truth, rule)
-            if split == "report":
-                calibration[name] = {"distance": one_threshold(lists, truth, 0.0),
-                                     **{f"verified, weight {w}": one_threshold(lists, truth, w) for w in (1.0, 2.0, 3.0)}}  # fmt: skip
-    grouped = sample_groups(lambda d: Searcher(d, rerank=0, expand=0), rules)
-    for row, rule in zip(results["rules"], rules):
-        row["samples grouped"] = grouped[rule]
+            collections[(name, split)] = (neighbour_lists(searcher, f, x[:, 0], k), truth, edit)
+
+    def evaluate(candidates: list[Candidate]) -> list[dict]:
+        rows = [{"rule": asdict(rule), "also": asdict(also) if also else None} for rule, also in candidates]
+        for (name, split), (lists, truth, _) in collections.items():
+            for row, candidate in tqdm(list(zip(rows, candidates)), desc=f"{name}, {split}", unit="rule", leave=False):
+                row[f"{name}, {split}"] = scores(lists, truth, candidate)
+        grouped = sample_groups(lambda d: Searcher(d, rerank=0, expand=0), candidates)
+        for row, candidate in zip(rows, candidates):
+            row["samples grouped"] = grouped[candidate]
+        return rows
 
     def both(row: dict, split: str, key: str) -> list[float]:
         return [row[f"{name}, {split}"][key] for name in SCENARIOS]
 
-    eligible = [row for row in results["rules"] if row["samples grouped"] == 0 and min(both(row, "choose", "precision")) >= args.precision]
-    chosen = max(eligible, key=lambda row: sum(both(row, "choose", "recall")))
-    results |= {"chosen": chosen, "calibration": calibration, "split": args.split, "originals": args.originals,
-                "precision_floor": args.precision, "machine": platform.processor() or platform.machine()}  # fmt: skip
+    def best(rows: list[dict]) -> dict:
+        """The most recall on the choosing halves at precision >= the floor in both scenarios, no sample grouped."""
+        eligible = [row for row in rows if row["samples grouped"] == 0 and min(both(row, "choose", "precision")) >= args.precision]
+        return max(eligible, key=lambda row: sum(both(row, "choose", "recall")))
+
+    # Step 1: the rule alone (the vectors-only family is weight 0); step 2: the links it adds.
+    step1 = evaluate([(rule, None) for rule in rule_grid()] + [(DedupRule(), ALSO_BY_VECTORS)])
+    chosen_rule = best(step1[:-1])
+    step2 = evaluate([(DedupRule(**chosen_rule["rule"]), also) for also in also_grid()])
+    chosen = best(step2)
+    results = {"rules": step1, "also": step2, "chosen": chosen, "split": args.split, "originals": args.originals,
+               "precision_floor": args.precision, "machine": platform.processor() or platform.machine()}  # fmt: skip
+
+    def label_of(row: dict) -> str:
+        r, a = row["rule"], row["also"]
+        text = f"t {r['threshold']}, gap {r['gap']}, cap {r['cap']}, weight {r['match_weight']}"
+        return text + (f" + vectors-only links (t {a['threshold']}, gap {a['gap']}, cap {a['cap']})" if a else "")
+
+    shown = {"vectors only (shipped before)": step1[0], "shipped default (DedupRule() + ALSO_BY_VECTORS)": step1[-1],
+             "step 1: the rule chosen alone": chosen_rule, "step 2: with the links chosen to add": chosen}  # fmt: skip
+    for w in sorted({row["rule"]["match_weight"] for row in step1[:-1]}):
+        same = [row for row in step1[:-1] if row["rule"]["match_weight"] == w]
+        try:  # the best of each weight by the same test: what verification adds at one precision
+            shown[f"step 1, best at weight {w}"] = best(same)
+        except ValueError:
+            pass
     print(f"\nDedup on Caltech {args.split} + edited copies of {args.originals} originals (pair precision / recall of the groups):\n")
     print("| rule | one copy, choose | one copy, report | 1-5 copies, choose | 1-5 copies, report | samples grouped |\n|---|---|---|---|---|---|")
-    shown = {"vectors only (shipped before)": results["rules"][0], "DedupRule() default": results["rules"][1], "chosen here": chosen}
-    for w in sorted({row["rule"]["match_weight"] for row in results["rules"]}):
-        same = [row for row in eligible if row["rule"]["match_weight"] == w]
-        if same:  # the best of each weight by the same criterion: what verification adds at one precision
-            shown[f"best at weight {w}"] = max(same, key=lambda row: sum(both(row, "choose", "recall")))
     for label, row in shown.items():
-        r = row["rule"]
         cells = [f"{row[f'{n}, {s}']['precision']:.3f} / {row[f'{n}, {s}']['recall']:.3f}" for n in SCENARIOS for s in ("choose", "report")]
-        print(f"| {label}: t {r['threshold']}, gap {r['gap']}, cap {r['cap']}, weight {r['match_weight']} | " + " | ".join(cells) + f" | {row['samples grouped']} |")
+        print(f"| {label}: {label_of(row)} | " + " | ".join(cells) + f" | {row['samples grouped']} |")
     print("\nEach edit: the share of its copies grouped with their original (report halves, one copy / 1-5 copies):\n")
-    print("| rule | " + " | ".join(EDITS) + " |\n|---" * 1 + "|---" * len(EDITS) + "|")
+    print("| rule | " + " | ".join(EDITS) + " |\n" + "|---" * (len(EDITS) + 1) + "|")
     for label, row in shown.items():
-        rule = DedupRule(**row["rule"])
-        cells = [found_per_edit(*reported[name], rule) for name in SCENARIOS]
-        row["found per edit"] = {name: cell for name, cell in zip(SCENARIOS, cells)}
+        candidate = (DedupRule(**row["rule"]), DedupRule(**row["also"]) if row["also"] else None)
+        cells = [found_per_edit(*collections[(name, "report")], candidate) for name in SCENARIOS]
+        row["found per edit"] = dict(zip(SCENARIOS, cells))
         print(f"| {label} | " + " | ".join(f"{cells[0][e]:.2f} / {cells[1][e]:.2f}" for e in EDITS) + " |")
+    calibration = {name: {"distance": one_threshold(collections[(name, "report")][0], collections[(name, "report")][1], 0.0),
+                          **{f"verified, weight {w}": one_threshold(collections[(name, "report")][0], collections[(name, "report")][1], w)
+                             for w in (1.0, 2.0, 3.0)}} for name in SCENARIOS}  # fmt: skip
+    results["calibration"] = calibration
     print("\nOne threshold alone on the report halves (every listed pair under it a duplicate), most recall at precision >= 0.95:\n")
     print("| distance | one copy: threshold, precision, recall | 1-5 copies |\n|---|---|---|")
     for kind in calibration["one copy each"]:

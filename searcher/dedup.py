@@ -4,7 +4,8 @@ Two photos are linked when one is a duplicate of the other by `DedupRule`; a gro
 component of links. Each photo's nearest photos are found by their vectors; where the index keeps
 every photo's latent, each pair is then verified spatially (searcher.verification: how well the two
 match somewhere in each other), and the rule reads the verified distance
-sqrt(distance^2 + match_weight x (1 - match)) in place of the distance. The rule has two parts:
+sqrt(distance^2 + match_weight x (1 - match)) in place of the distance, and a strict vectors-only
+rule (ALSO_BY_VECTORS) adds its links on the plain distances. The rule has two parts:
 
 - an absolute distance (`threshold`) under which any two photos are duplicates: re-encodes,
   resizes and mild edits land far below it;
@@ -48,9 +49,10 @@ logger = logging.getLogger(__name__)
 # Verified distances (searcher.verification) of the bundled model's instance dims. Chosen on
 # bench/dedup.py (Caltech test photos with edited copies added; one half of the originals chooses,
 # the other half reports): the most recall at pair precision >= 0.85 with one copy each and with
-# 1-5, keeping the 64 bundled samples free of groups. Reported half: 0.855 / 0.595 (one copy),
-# 0.924 / 0.539 (1-5 copies); the best vectors-only rule by the same test 0.857 / 0.405 and
-# 0.953 / 0.478 (bench/results/dedup.md). Weights 1, 3 and 4 did worse; 2 is search's MATCH_WEIGHT.
+# 1-5, keeping the 64 bundled samples free of groups. Reported half, alone: 0.855 / 0.595 (one
+# copy), 0.924 / 0.539 (1-5 copies); with ALSO_BY_VECTORS' links 0.855 / 0.617, 0.926 / 0.577; the
+# best vectors-only rule by the same test 0.857 / 0.405 and 0.953 / 0.478 (bench/results/dedup.md).
+# Weights 1, 3 and 4 did worse; 2 is search's MATCH_WEIGHT.
 DEFAULT_THRESHOLD = 0.26
 DEFAULT_GAP = 0.85
 DEFAULT_CAP = 1.04
@@ -92,8 +94,11 @@ class DedupRule:
         return count
 
 
-def duplicate_groups(neighbours: npt.NDArray[np.int64], distances: npt.NDArray[np.floating], rule: DedupRule) -> list[list[int]]:
-    """Connected components (2+ members, as row numbers) of the rule's links.
+def duplicate_groups(
+    neighbours: npt.NDArray[np.int64], distances: npt.NDArray[np.floating], rule: DedupRule, *more: tuple[npt.NDArray[np.int64], npt.NDArray[np.floating], DedupRule]
+) -> list[list[int]]:
+    """Connected components (2+ members, as row numbers) of the rule's links, and of each further
+    (neighbours, distances, rule)'s links.
 
     `neighbours[i]`, `distances[i]`: row i's nearest other rows, ascending (-1 pads a short row)."""
     parent = list(range(len(neighbours)))
@@ -104,19 +109,43 @@ def duplicate_groups(neighbours: npt.NDArray[np.int64], distances: npt.NDArray[n
             i = parent[i]
         return i
 
-    for a, (row_ids, row_d) in enumerate(zip(neighbours, distances)):
-        valid = row_ids >= 0
-        for b in row_ids[valid][: rule.duplicates(row_d[valid])]:
-            parent[root(a)] = root(int(b))
+    for source_neighbours, source_distances, source_rule in [(neighbours, distances, rule), *more]:
+        for a, (row_ids, row_d) in enumerate(zip(source_neighbours, source_distances)):
+            valid = row_ids >= 0
+            for b in row_ids[valid][: source_rule.duplicates(row_d[valid])]:
+                parent[root(a)] = root(int(b))
     members: dict[int, list[int]] = {}
     for i in range(len(parent)):
         members.setdefault(root(i), []).append(i)
     return [group for group in members.values() if len(group) > 1]
 
 
+def groups_of(
+    neighbours: npt.NDArray[np.int64],
+    distances: npt.NDArray[np.floating],
+    matches: npt.NDArray[np.floating] | None,
+    rule: DedupRule,
+    also: DedupRule | None = None,
+) -> list[list[int]]:
+    """Dedup's groups from its neighbour lists (rows ascending by distance). With `matches` and a
+    verifying rule, its links on the verified distances (re-sorted) and `also`'s on the plain ones;
+    otherwise the rule's on the plain distances."""
+    if matches is None or not rule.match_weight:
+        return duplicate_groups(neighbours, distances, rule)
+    verified = sorted_rows(neighbours, verified_distances(distances, matches, rule.match_weight))
+    return duplicate_groups(*verified, rule, *([(neighbours, distances, also)] if also else []))
+
+
 # The rule for plain distances (no verification), as shipped before verification: pair precision /
 # recall 0.749 / 0.512 with one edited copy each, 0.904 / 0.595 with 1-5 (bench/results/dedup.md).
 VECTORS_ONLY = DedupRule(threshold=0.20, gap=0.70, cap=0.60, match_weight=0.0)
+
+# Links a verifying rule adds from a strict gap test on the plain distances: tilted and covered
+# copies match their original less well (their template is turned or hidden) but stay very close by
+# vectors. Chosen after the verified rule by the same bench and test (precision >= 0.85 on the
+# choosing halves): reported, one copy 0.855 / 0.595 -> 0.855 / 0.617, 1-5 copies 0.924 / 0.539 ->
+# 0.926 / 0.577; tilts grouped 0.38 -> 0.62, banners 0.59 -> 0.76.
+ALSO_BY_VECTORS = DedupRule(threshold=0.10, gap=0.50, cap=0.40, match_weight=0.0)
 
 
 def default_rule(verifiable: bool, **given: float | int | None) -> DedupRule:
@@ -145,8 +174,9 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     of them: the whitening and class parts put different photos of one class close together (eight
     Faces_easy samples closer to each other than a grayscale copy is to its original), which is
     what search wants and dedup must not see. Otherwise the index's own vectors are searched.
-    Then each photo's neighbours are verified spatially where the index allows (the module
-    docstring). `rule` None: `default_rule` for this index."""
+    Then each photo's neighbours are verified spatially where the index allows, and the links of
+    ALSO_BY_VECTORS on plain distances are added (the module docstring). `rule` None:
+    `default_rule` for this index."""
     store = searcher._fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
     if len(ids) < 2:
@@ -155,15 +185,15 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     rule = rule or default_rule(mean is not None)
     if rule.match_weight and mean is None:
         logger.warning("dedup: some photos have no kept latent (a pixel-space model, or photos indexed before latents were kept); comparing vectors alone")
-    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, rule.neighbours + 2)
+    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2)
+    matches = None
     if rule.match_weight and mean is not None:
         templates = PhotoTemplates(searcher, ids)
         matches = pair_matches(neighbours, templates, lambda rows: latents_by_row(searcher, ids, rows), mean)
         if templates.unreadable:
             logger.warning("dedup: %d photo(s) could not be read again; each was verified with its kept latent alone", templates.unreadable)
-        neighbours, distances = sorted_rows(neighbours, verified_distances(distances, matches, rule.match_weight))
     groups = []
-    for rows in duplicate_groups(neighbours, distances, rule):
+    for rows in groups_of(neighbours, distances, matches, rule, ALSO_BY_VECTORS):
         rows = sorted(rows, key=lambda r: int(ids[r]))
         group = [int(ids[r]) for r in rows]
         members = np.vstack([vector_of(r) for r in rows])

@@ -10,7 +10,20 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from indexer.storage.rows import PhotoLatent
-from searcher.dedup import VECTORS_ONLY, DedupRule, can_verify, default_rule, duplicate_groups, find_duplicates
+from searcher.dedup import (
+    VECTORS_ONLY,
+    DedupRule,
+    PhotoTemplates,
+    can_verify,
+    default_rule,
+    duplicate_groups,
+    find_duplicates,
+    groups_of,
+    latent_mean,
+    latents_by_row,
+    nearest_neighbours,
+)
+from searcher.verification import pair_matches
 from searcher.searcher import Searcher
 
 
@@ -48,6 +61,18 @@ def test_groups_are_connected_components_of_the_links():
     assert duplicate_groups(short, np.array([[0.1, 0.0], [0.1, 0.0], [0.0, 0.0]]), DedupRule(gap=0)) == [[0, 1]]
 
 
+def test_a_verifying_rule_links_by_verified_distance_and_adds_the_vectors_only_links():
+    neighbours = np.array([[1, 2, 3], [0, 2, 3], [3, 0, 1], [2, 0, 1]])
+    distances = np.array([[0.1, 0.9, 0.95], [0.1, 0.9, 0.95], [0.3, 0.9, 0.95], [0.3, 0.9, 0.95]])
+    matches = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # 0-1 match, 2-3 do not
+    verifying = DedupRule(threshold=0.2, gap=0, match_weight=2.0)
+    also = DedupRule(threshold=0.35, gap=0, match_weight=0)
+    assert groups_of(neighbours, distances, matches, verifying) == [[0, 1]]  # 2-3: sqrt(0.09 + 2) is far
+    assert sorted(groups_of(neighbours, distances, matches, verifying, also)) == [[0, 1], [2, 3]]  # 0.3 <= 0.35 by vectors
+    assert groups_of(neighbours, distances, None, DedupRule(threshold=0.35, gap=0)) == [[0, 1], [2, 3]]  # nothing to verify
+    assert duplicate_groups(neighbours, distances, DedupRule(threshold=0.2, gap=0), (neighbours, distances + 1, also)) == [[0, 1]]
+
+
 def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp_path, embedder, sample_photos, caplog):
     from PIL import Image
 
@@ -71,10 +96,14 @@ def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp
 
     leopards, airplanes = ["Leopards_image_0007.jpg", "leopard_gray.png"], ["airplane_tilted.png", "airplanes_image_0021.jpg"]
     assert can_verify(searcher)
-    # Verified spatially (the default), the grayscale copy is found; the tilted one is not (its
-    # verified distance 1.043 lies just past the cap, 1.04): tilts are verification's weak edit,
-    # 0.38 of tilted copies grouped against 0.85 by the vectors alone (bench/results/dedup.md).
-    assert names(find_duplicates(searcher)) == [leopards]
+    assert names(find_duplicates(searcher)) == [leopards, airplanes]  # the default: verified, plus ALSO_BY_VECTORS' links
+    # Verified alone, the tilted copy is missed (verified distance 1.043, just past the cap 1.04):
+    # tilts are verification's weak edit, and the strict vectors-only links bring it back.
+    ids = np.asarray(searcher._fresh_vectors().ids(), dtype=np.int64)
+    _, neighbours, distances = nearest_neighbours(searcher, ids, DedupRule().neighbours + 2)
+    matches = pair_matches(neighbours, PhotoTemplates(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
+    verified_alone = groups_of(neighbours, distances, matches, DedupRule())
+    assert sorted(sorted(searcher.photo(int(ids[r])).path.rsplit("/", 1)[-1] for r in rows) for rows in verified_alone) == [leopards]
     assert names(find_duplicates(searcher, VECTORS_ONLY)) == [leopards, airplanes]  # the vectors alone, as before verification
     assert names(find_duplicates(searcher, DedupRule(threshold=0.25, gap=0, match_weight=0))) == []  # the rule before the gap test
     # On the whole vector (whitening and class parts too) the same rule calls different photos of
@@ -87,7 +116,7 @@ def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp
     # A photo moved away since indexing is verified with its kept latent alone, and said so.
     (photos / "leopard_gray.png").unlink()
     with caplog.at_level(logging.WARNING, logger="searcher.dedup"):
-        assert names(find_duplicates(searcher)) == [leopards]
+        assert names(find_duplicates(searcher)) == [leopards, airplanes]
     assert "leopard_gray.png" in caplog.text and "kept latent alone" in caplog.text
 
     # An index without kept latents (made before they were kept) cannot be verified: the
