@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.near_duplicates import collection, edited, nearest, same_photo  # noqa: E402
+from bench.near_duplicates import collection, edited, grouping_scores, nearest, same_photo  # noqa: E402
 from bench.quality import CALTECH, SPLITS  # noqa: E402
 from bench.searched import build_index, link_name  # noqa: E402
 from indexer.indexing import index_photos  # noqa: E402
@@ -127,13 +127,7 @@ def labels(lists: Lists, n: int, candidate: Candidate) -> np.ndarray:
 
 def scores(lists: Lists, truth: np.ndarray, candidate: Candidate) -> dict[str, float]:
     """Pair precision and recall of the candidate's groups against the true groups."""
-    found = labels(lists, len(truth), candidate)
-
-    def pairs(of) -> int:  # noqa: ANN001
-        return sum(c * (c - 1) // 2 for c in np.unique(of, axis=0, return_counts=True)[1])
-
-    hits = pairs(np.stack([found, truth], axis=1))
-    return {"precision": hits / max(pairs(found), 1), "recall": hits / pairs(truth)}
+    return grouping_scores(groups_of(*lists, *candidate), truth)
 
 
 def one_threshold(lists: tuple[np.ndarray, np.ndarray, np.ndarray], truth: np.ndarray, weight: float, precision: float = 0.95) -> dict[str, float]:

@@ -163,8 +163,14 @@ def nearest(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def pair_scores(neighbours: np.ndarray, distances: np.ndarray, truth: np.ndarray, rule: DedupRule) -> dict[str, float]:
     """Pair precision and recall of the rule's groups against the true groups."""
+    return grouping_scores(duplicate_groups(neighbours, distances, rule), truth)
+
+
+def grouping_scores(groups: list[list[int]], truth: np.ndarray) -> dict[str, float]:
+    """Pair precision and recall of `groups` (row numbers) against the true group labels: over
+    all pairs of rows put in one group, and all pairs truly one photo."""
     found = np.arange(len(truth))
-    for n, rows in enumerate(duplicate_groups(neighbours, distances, rule)):
+    for n, rows in enumerate(groups):
         found[rows] = len(truth) + n
 
     def pairs(labels) -> int:  # noqa: ANN001
