@@ -80,7 +80,8 @@ def dedup(
         _echo_list(groups)
         return
     kind = f"verified distance (match weight {rule.match_weight})" if rule.match_weight else "distance"
-    typer.echo(f"{len(groups)} group(s): {kind} <= {rule.threshold}" + (f", or before a gap of {rule.gap} up to {rule.cap}" if rule.gap else ""))
+    also = ", and very close pairs by the vectors alone" if rule.match_weight else ""
+    typer.echo(f"{len(groups)} group(s): {kind} <= {rule.threshold}" + (f", or before a gap of {rule.gap} up to {rule.cap}" if rule.gap else "") + also)
     for n, group in enumerate(groups, 1):
         typer.echo(f"group {n} ({len(group.photos)} photos)")
         for photo in group.photos:
