@@ -19,7 +19,7 @@ rule (ALSO_BY_VECTORS) adds its links on the plain distances. The rule has two p
 
 The gap test needs a crowd to compare with: with fewer than `neighbours` + 2 photos only the
 threshold applies. Verification reads every photo's file once more (its centre square at two
-smaller zooms is encoded: ~20 ms a photo on 2 cores); `match_weight` 0 skips it, and an index
+smaller zooms is encoded: ~45 ms a photo in all on 2 cores); `match_weight` 0 skips it, and an index
 without kept latents (a pixel-space model, or one indexed before latents were kept) cannot have it:
 both use the vectors-only rule (`VECTORS_ONLY`), calibrated for plain distances. Calibration:
 bench/dedup.py (bench/results/dedup.md).
