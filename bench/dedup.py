@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.near_duplicates import collection, edited, grouping_scores, nearest, same_photo  # noqa: E402
@@ -46,6 +47,7 @@ from bench.quality import CALTECH, SPLITS  # noqa: E402
 from bench.searched import build_index, link_name  # noqa: E402
 from indexer.indexing import index_photos  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
+from indexer.storage.rows import read_latents  # noqa: E402
 from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
 from searcher.dedup import ALSO_BY_VECTORS, VECTORS_ONLY, DedupRule, find_duplicates, groups_of  # noqa: E402
@@ -68,10 +70,6 @@ def features(searcher: Searcher, gallery: list[Path], picked: np.ndarray, seed: 
     row = {link_name(p): r for r, p in enumerate(gallery)}
     ids = ids[np.argsort([row[names[int(i)]] for i in ids])]
     found = store.reconstruct_many(ids)
-    from sqlalchemy.orm import Session
-
-    from indexer.storage.rows import read_latents
-
     with Session(searcher.index.engine) as session:
         kept = read_latents(session, [int(i) for i in ids])
     vectors, latents = [found[int(i)] for i in ids], [kept[int(i)] for i in ids]
@@ -82,8 +80,7 @@ def features(searcher: Searcher, gallery: list[Path], picked: np.ndarray, seed: 
         latents += frames.latents
     templates = []
     for image, latent in tqdm(zip(list(gallery) + copies, latents, strict=True), total=len(latents), desc="templates", unit="photo"):
-        smaller = searcher.embedder.encode_each(searcher.embedder.template_pixels(image))
-        templates.append([t.half() for t in [searcher.embedder.query_template(latent), *smaller]])
+        templates.append([t.half() for t in searcher.templates(image, latent)])
     out = {"fingerprint": searcher.embedder.fingerprint, "picked": picked, "vectors": np.vstack(vectors), "latents": latents, "templates": templates}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps(out))

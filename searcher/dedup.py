@@ -284,14 +284,11 @@ class PhotoTemplates:
         self.unreadable = 0
 
     def __call__(self, row: int) -> list[torch.Tensor]:
-        embedder, photo_id = self.searcher.embedder, int(self.ids[row])
-        latent = latents_by_row(self.searcher, self.ids, [row])[row]
-        templates = [embedder.query_template(latent.numpy())]
+        photo_id = int(self.ids[row])
+        latent = latents_by_row(self.searcher, self.ids, [row])[row].numpy()
         try:
-            pixels = embedder.template_pixels(self.paths[photo_id])
+            return self.searcher.templates(self.paths[photo_id], latent)
         except (InvalidImageError, KeyError) as exc:
             self.unreadable += 1
             logger.warning("dedup: %s; verifying photo %d with its kept latent alone", exc, photo_id)
-            return templates
-        with self.searcher._model_lock:
-            return templates + embedder.encode_each(pixels)
+            return [self.searcher.embedder.query_template(latent)]

@@ -198,11 +198,16 @@ class Searcher:
             latents = read_latents(session, ids)
         if frame_latent is None or not can_rerank(ids, latents):
             return results  # nothing to re-order, or an index from before latents were kept: no templates to encode
+        return rerank_results(results, with_mirrors(self.templates(image, frame_latent)), latents, n)
+
+    def templates(self, image: ImageInput, frame_latent: Latent) -> list[torch.Tensor]:
+        """A photo's re-ranking templates, unmirrored (searcher.rerank): the centre of its frame
+        latent, and its centre square at the smaller zooms, decoded here and encoded under the model
+        lock. Raises InvalidImageError for an image that cannot be read."""
         pixels = self.embedder.template_pixels(image)
         with self._model_lock:
             smaller = self.embedder.encode_each(pixels)
-        templates = [self.embedder.query_template(frame_latent), *smaller]
-        return rerank_results(results, with_mirrors(templates), latents, n)
+        return [self.embedder.query_template(frame_latent), *smaller]
 
     def query_id(
         self, photo_id: int, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None
