@@ -28,6 +28,10 @@ from tqdm import tqdm
 
 from searcher.rerank import match_scores, with_mirrors
 
+# Dedup's templates must lie wholly inside a neighbour's kept frame: its rule (searcher.dedup) was
+# chosen on those scores (bench/dedup.py), as search keeps them (searcher.rerank.MIN_OVERLAP).
+MIN_OVERLAP = 1.0
+
 
 def pair_matches(
     neighbours: npt.NDArray[np.int64],
@@ -53,7 +57,7 @@ def pair_matches(
         if not candidates:
             continue
         latents = latents_of(candidates)
-        scores = dict(zip(candidates, match_scores(with_mirrors(templates_of(a)), [latents[c] for c in candidates], mean), strict=True))
+        scores = dict(zip(candidates, match_scores(with_mirrors(templates_of(a)), [latents[c] for c in candidates], mean, MIN_OVERLAP), strict=True))
         for j, b in enumerate(neighbours[a]):
             if b >= 0:
                 forward[a, j] = scores[int(b)]

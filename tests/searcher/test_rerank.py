@@ -37,33 +37,61 @@ def test_a_window_cut_from_a_latent_matches_there_best(embedder, sample_photos):
     assert match_scores([torch.zeros(32, 30, 30)], latents).tolist() == [-1.0] * 6  # fits in none: no score
 
 
-def brute_force_scores(templates, candidates):
-    """match_scores' definition written out window by window."""
+def brute_force_scores(templates, candidates, min_overlap=1.0):
+    """match_scores' definition written out window by window: every offset at which at least
+    `min_overlap` of the template lies inside the candidate, overhanging it (if at all) only across
+    its longer side's edges (a square's: left and right), the cosine over the cells inside."""
     mean = torch.cat([c.flatten(1) for c in candidates], 1).mean(1)[:, None, None]
     best = []
     for c in candidates:
         g, scores = c - mean, [-1.0]
+        H, W = c.shape[1:]
         for t in templates:
             u = (t - mean) / (t - mean).norm()
             h, w = t.shape[1:]
-            for y in range(c.shape[1] - h + 1):
-                for x in range(c.shape[2] - w + 1):
-                    window = g[:, y : y + h, x : x + w]
-                    scores.append(float((u * window).sum() / window.norm()))
+            portrait = H > W
+            for y in range(-h, H + 1) if portrait else range(H - h + 1):
+                for x in range(W - w + 1) if portrait else range(-w, W + 1):
+                    y0, y1, x0, x1 = max(y, 0), min(y + h, H), max(x, 0), min(x + w, W)
+                    if y1 <= y0 or x1 <= x0 or (y1 - y0) * (x1 - x0) < min_overlap * h * w - 1e-9:
+                        continue
+                    window = g[:, y0:y1, x0:x1]
+                    part = u[:, y0 - y : y1 - y, x0 - x : x1 - x]
+                    scores.append(float((part * window).sum() / (window.norm() * part.norm())))
         best.append(max(scores))
     return np.array(best)
 
 
-def test_frames_of_every_shape_score_as_if_matched_alone():
-    # Landscape, portrait and square frames of different sizes share padded convolutions; no
-    # window may reach into another frame's padding.
+@pytest.mark.parametrize("min_overlap", [1.0, 0.7, 0.5])
+def test_frames_of_every_shape_score_as_if_matched_alone(min_overlap):
+    # Landscape, portrait and square frames of different sizes share padded correlations; no
+    # window may reach into another frame's padding, and one overhanging its own frame counts
+    # only the cells inside it (across its long edges only: its short side spans the whole photo).
     rng = np.random.default_rng(1)
     shapes = [(4, 6, 9), (4, 9, 6), (4, 6, 6), (4, 7, 6), (4, 6, 8), (4, 5, 5)]
     candidates = [torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
     templates = [candidates[0][:, 1:6, 3:8].clone(), torch.from_numpy(rng.standard_normal((4, 3, 3)).astype(np.float32)), torch.zeros(4, 6, 7) + 1]
-    scores = match_scores(templates, candidates)
-    assert scores == pytest.approx(brute_force_scores(templates, candidates), abs=1e-5)
+    scores = match_scores(templates, candidates, min_overlap=min_overlap)
+    assert scores == pytest.approx(brute_force_scores(templates, candidates, min_overlap), abs=1e-5)
     assert scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_template_overhanging_the_kept_frame_still_matches():
+    # The kept frame stops short of the photo (1.25x its square): a re-framed copy's template can
+    # hang over its edge. With 0.7 of it inside, the part inside still scores as the window itself.
+    rng = np.random.default_rng(2)
+    photo = torch.from_numpy(rng.standard_normal((4, 8, 14)).astype(np.float32))
+    kept, others = photo[:, :, 3:13], [torch.from_numpy(rng.standard_normal((4, 8, 10)).astype(np.float32)) for _ in range(3)]
+    template = photo[:, :, :8]  # three of its eight columns lie left of the kept frame
+    wholly = match_scores([template], [kept, *others], mean=torch.zeros(4), min_overlap=1.0)
+    overhanging = match_scores([template], [kept, *others], mean=torch.zeros(4), min_overlap=0.6)
+    assert overhanging[0] == pytest.approx(1.0, abs=1e-5) and wholly[0] < 0.9
+    assert overhanging[1:].max() < 0.9
+    # Across the short side the frame spans the whole photo: nothing lies beyond it to overhang.
+    above = torch.cat([torch.from_numpy(rng.standard_normal((4, 2, 8)).astype(np.float32)), kept[:, :6, :8]], 1)
+    assert match_scores([above], [kept], mean=torch.zeros(4), min_overlap=0.6)[0] < 0.9
+    with pytest.raises(ValueError):
+        match_scores([template], [kept], min_overlap=0)
 
 
 def result(id_, distance):

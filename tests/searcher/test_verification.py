@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
 from searcher.rerank import match_scores, with_mirrors
-from searcher.verification import pair_matches, sorted_rows, verified_distances
+from searcher.verification import MIN_OVERLAP, pair_matches, sorted_rows, verified_distances
 
 
 def centre(latent, size=6):
@@ -23,12 +24,12 @@ def test_a_pair_scores_the_better_of_its_two_directions_whichever_row_lists_it()
     mean = torch.cat([x.flatten(1) for x in latents], 1).mean(1)
     neighbours = np.array([[1, 2], [2, -1], [0, 1]])  # row 1 does not list row 0; row 0 lists row 1
     matches = pair_matches(neighbours, lambda r: [centre(latents[r])], lambda rows: {r: latents[r] for r in rows}, mean)
-    crop_in_whole = match_scores(with_mirrors([centre(latents[1])]), [latents[0]], mean)[0]
-    whole_in_crop = match_scores(with_mirrors([centre(latents[0])]), [latents[1]], mean)[0]
+    crop_in_whole = match_scores(with_mirrors([centre(latents[1])]), [latents[0]], mean, MIN_OVERLAP)[0]
+    whole_in_crop = match_scores(with_mirrors([centre(latents[0])]), [latents[1]], mean, MIN_OVERLAP)[0]
     assert crop_in_whole > 0.999 and whole_in_crop < 0.9  # only one direction finds the crop
     assert matches[0, 0] == crop_in_whole  # from row 0's list: the crop's templates, found by the reverse lookup
-    assert matches[2, 1] == max(match_scores(with_mirrors([centre(latents[2])]), [latents[1]], mean)[0],
-                                match_scores(with_mirrors([centre(latents[1])]), [latents[2]], mean)[0])  # fmt: skip
+    assert matches[2, 1] == pytest.approx(max(match_scores(with_mirrors([centre(latents[2])]), [latents[1]], mean, MIN_OVERLAP)[0],
+                                match_scores(with_mirrors([centre(latents[1])]), [latents[2]], mean, MIN_OVERLAP)[0]), abs=1e-6)  # fmt: skip (FFT float noise)
     assert matches[0, 1] < 0.5 and matches[1, 1] == -1  # the unrelated photo; a padded slot
 
 
