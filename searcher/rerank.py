@@ -15,8 +15,8 @@ bench/spatial_rerank.py (Caltech val, 300 originals x 10 edits): near-duplicate 
 0.985, re-framed copies 0.767 -> 0.940, crops 0.963 -> 0.997; the score is a re-ranking signal,
 not a duplicate threshold (originals' 10th percentile 0.46, other photos' 99th 0.56).
 
-The correlations run through 2-D FFTs: ~19 ms for 100 candidates on 2 cores, where direct
-convolutions took 26 (bench/matching.py). `match_scores` can let a window overhang a frame's long
+The correlations run through 2-D FFTs: 15 ms for 100 candidates on 2 cores, where direct
+convolutions took 20 (bench/results/matching.md). `match_scores` can let a window overhang a frame's long
 edges (`min_overlap`, measured above MIN_OVERLAP); search does not.
 """
 
