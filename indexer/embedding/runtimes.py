@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 GRAPH_VERSION = 1
 # A U-Net input of a full batch or of one photo, met this often, gets graphs compiled for its shape
 # alone. OpenVINO's kernels for fixed shapes ran the whole U-Net 1.3x and its feature part 1.2x
-# faster than the shape-generic ones, at batch 1 and 32 alike, with bit-identical rows (measured;
-# tested), and compile as fast (0.2-0.6 s). Other sizes (a run's last batch, the server's
+# faster than the shape-generic ones, at batch 1 and 32 alike, with bit-identical rows (measured and
+# tested on CPUs with native bf16; an EPYC without AVX-512 gave rows ~6e-6 apart), and compile as
+# fast (0.2-0.6 s). Other sizes (a run's last batch, the server's
 # micro-batches of any size) keep the generic graph: no compile per size, no graphs piling up.
 FIXED_SHAPE_AFTER = 2
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
-from indexer.embedding.embedder import Embedder
+from indexer.embedding.embedder import Embedder, cpu_has_native_bf16
 from indexer.embedding.model import load_model
 from indexer.embedding.runtimes import pick_runtime
 from indexer.errors import ConfigError
@@ -141,18 +141,23 @@ def test_full_batches_and_lone_photos_met_again_run_on_graphs_fixed_to_their_sha
     def fixed_graphs(graph: str) -> list[str]:
         return [key for key in model.compiled if f"/{graph}/" in key and "@" in key]
 
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Bit-identical where the CPU has native bf16 (the machines this was measured and tested
+        on); an EPYC without AVX-512 gave fixed and generic graphs rows ~6e-6 apart (2026-11-29)."""
+        return torch.equal(a, b) if cpu_has_native_bf16() else torch.allclose(a, b, rtol=0, atol=1e-4)
+
     for graph, with_noise in (("unet-mid", True), ("unet-blocks-mid", False)):
         generic = runtime.unet(x, 50, with_noise=with_noise)
         assert fixed_graphs(graph) == []
         fixed = runtime.unet(x, 50, with_noise=with_noise)  # met again: compiled for (4, 32, 16, 16)
         assert len(fixed_graphs(graph)) == 1 and str([4, 32, 16, 16]) in fixed_graphs(graph)[0]
         if with_noise:
-            assert generic[0] is not None and fixed[0] is not None and torch.equal(generic[0], fixed[0])
-        assert torch.equal(generic[1]["mid"], fixed[1]["mid"])  # bit-identical, not just close
+            assert generic[0] is not None and fixed[0] is not None and same(generic[0], fixed[0])
+        assert same(generic[1]["mid"], fixed[1]["mid"])
         runtime.unet(x[:1], 50, with_noise=with_noise)
         alone = runtime.unet(x[:1], 50, with_noise=with_noise)  # one photo, on its own fixed graph
         assert len(fixed_graphs(graph)) == 2
-        assert torch.equal(alone[1]["mid"][0], generic[1]["mid"][0])
+        assert same(alone[1]["mid"][0], generic[1]["mid"][0])
         for _ in range(3):  # any other size (a last batch, a server's micro-batch) stays generic
             rest = runtime.unet(x[:3], 50, with_noise=with_noise)
-        assert len(fixed_graphs(graph)) == 2 and torch.equal(rest[1]["mid"], generic[1]["mid"][:3])
+        assert len(fixed_graphs(graph)) == 2 and same(rest[1]["mid"], generic[1]["mid"][:3])
