@@ -132,7 +132,9 @@ def _best_windows(
         cells = math.ceil(min_overlap * h * w - 1e-6)  # of the kernel's, inside the frame; counted in whole numbers
         enough = correlate(inside_spectrum, box) > cells - 0.5
         window_energy = correlate(energy_spectrum, box).clamp_min(0)
-        kernel_energy = correlate(inside_spectrum, (kernel * kernel).sum(1, keepdim=True)).clamp_min(0)  # 1 wholly inside
+        kernel_energy = (  # of the cells inside: 1 for a unit kernel wholly inside, all that 1 lets through
+            1.0 if min_overlap == 1 else correlate(inside_spectrum, (kernel * kernel).sum(1, keepdim=True)).clamp_min(0)
+        )
         cosines = correlate(spectrum, kernel) / (window_energy * kernel_energy).sqrt().clamp_min(1e-6)
         scores = cosines.masked_fill(~enough, -torch.inf).amax(dim=(1, 2, 3)).double().numpy()
         fits = np.isfinite(scores)
