@@ -2,14 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from indexer.settings import Settings
+from tests.cli import run_cli
 from tests.conftest import ROOT
 
 
@@ -102,10 +101,8 @@ def test_http_cli_and_python_agree(client, searcher, sample_index, sample_photos
     query = sample_photos[17]
     python_ids = [r.id for r in searcher.query(query, k=8)]
     http_ids = [r["id"] for r in upload(client, query.read_bytes(), k=8).json()["data"]]
-    cli = subprocess.run(
-        [sys.executable, "-m", "api", "query", str(query), "-k", "8", "--json", "--index", str(sample_index)],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
-    )  # fmt: skip
+    cli = run_cli("query", str(query), "-k", "8", "--json", "--index", str(sample_index))
+    assert cli.returncode == 0, cli.stderr
     cli_ids = [r["id"] for r in json.loads(cli.stdout)["data"]]
     assert python_ids == http_ids == cli_ids
 
@@ -126,18 +123,13 @@ def test_a_mirrored_upload_finds_its_original_unless_mirror_is_off_everywhere(cl
     mirrored_file = sample_index.parent / "mirrored-query.png"
     mirrored_file.write_bytes(buffer.getvalue())
     for flags, env, expected in ((["--no-mirror"], {}, plain), ([], {"DIFFSEARCH_MIRROR_QUERIES": "0"}, plain), ([], {}, found)):
-        cli = subprocess.run(
-            [sys.executable, "-m", "api", "query", str(mirrored_file), "-k", "3", "--json", "--index", str(sample_index), *flags],
-            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
-        )  # fmt: skip
+        cli = run_cli("query", str(mirrored_file), "-k", "3", "--json", "--index", str(sample_index), *flags, env=env)
+        assert cli.returncode == 0, cli.stderr
         assert [r["id"] for r in json.loads(cli.stdout)["data"]] == [r["id"] for r in expected], (flags, env)
 
 
 def test_stats_and_dedup_cli(sample_index):
-    run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "api", *a, "--index", str(sample_index)],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    run = lambda *a: run_cli(*a, "--index", str(sample_index))  # noqa: E731
     stats = json.loads(run("stats", "--json").stdout)
     assert stats["photos"] == 64 and stats["index_type"] == "Flat" and stats["disk_bytes"] > 0
     dedup = run("dedup", "--json")
@@ -163,10 +155,8 @@ def test_a_reframed_upload_is_re_ranked_unless_rerank_is_off_everywhere(client, 
     query_file = sample_index.parent / "reframed-query.png"
     query_file.write_bytes(buffer.getvalue())
     for flags, env, expected in ((["--rerank", "0"], {}, plain), ([], {"DIFFSEARCH_RERANK": "0"}, plain), ([], {}, found)):
-        cli = subprocess.run(
-            [sys.executable, "-m", "api", "query", str(query_file), "-k", "5", "--json", "--index", str(sample_index), *flags],
-            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
-        )  # fmt: skip
+        cli = run_cli("query", str(query_file), "-k", "5", "--json", "--index", str(sample_index), *flags, env=env)
+        assert cli.returncode == 0, cli.stderr
         assert [r["id"] for r in json.loads(cli.stdout)["data"]] == [r["id"] for r in expected], (flags, env)
 
 
@@ -178,8 +168,6 @@ def test_expansion_is_on_by_default_and_can_be_turned_off_everywhere(client, sea
     assert default != off  # tests/searcher/test_expansion.py: this query's order changes
     assert upload(client, query.read_bytes(), expand=-1).status_code == 422
     for flags, env, expected in ((["--expand", "0"], {}, off), ([], {"DIFFSEARCH_EXPAND": "0"}, off), ([], {}, default)):
-        cli = subprocess.run(
-            [sys.executable, "-m", "api", "query", str(query), "-k", "20", "--json", "--index", str(sample_index), *flags],
-            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
-        )  # fmt: skip
+        cli = run_cli("query", str(query), "-k", "20", "--json", "--index", str(sample_index), *flags, env=env)
+        assert cli.returncode == 0, cli.stderr
         assert [r["id"] for r in json.loads(cli.stdout)["data"]] == expected, (flags, env)

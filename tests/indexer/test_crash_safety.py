@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from indexer.storage import PhotoIndex
 from indexer.storage.rows import Photo
+from tests.cli import run_cli
 from tests.conftest import ROOT, make_photo
 
 pytestmark = pytest.mark.slow
@@ -89,10 +90,7 @@ def test_check_reports_and_repair_fixes(tmp_path, embedder):
     index.vectors.add(np.array([9999]), np.ones((1, index.settings.dim), np.float32))  # a vector without a row
     index.vectors.save()
     index.close()
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "api", *args, "--index", str(settings.index_dir)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    run = lambda *args: run_cli(*args, "--index", str(settings.index_dir))  # noqa: E731
     checked = run("check")
     assert checked.returncode == 1 and "1 rows without a vector, 1 vectors without a row" in checked.stdout
     repaired = run("check", "--repair")

@@ -23,6 +23,7 @@ from indexer.settings import Settings
 from indexer.storage.rows import Failure
 from indexer.storage.vectors import VECTORS_FILE
 from searcher import Searcher
+from tests.cli import run_cli
 from tests.conftest import ROOT, make_photo
 
 
@@ -46,9 +47,8 @@ def failures(index_dir):
     return out
 
 
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "api", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout)  # fmt: skip
+def cli(*args):
+    return run_cli(*args)
 
 
 def start_index(photos: Path, index_dir: Path, *flags: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:

@@ -1,9 +1,6 @@
 """Retrieval metrics by hand, the ablation's rows, and `diffsearch eval` on a labelled tree of the sample photos."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +8,7 @@ import pytest
 
 from indexer.embedding.config import EmbeddingConfig
 from indexer.training.evaluation import AS_INDEXED_ROW, BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, ablation, retrieval_metrics
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -67,10 +65,7 @@ def test_eval_cli_on_a_labelled_tree(tmp_path, sample_photos):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / photo.name).symlink_to(photo)  # a tree of links, as labelled sets are often laid out
     out = tmp_path / "eval.json"
-    evaluate = lambda root, cwd: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "api", "eval", "--root", root, "--out", str(out), "--cache", str(tmp_path / "cache")],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    evaluate = lambda root, cwd: run_cli("eval", "--root", root, "--out", str(out), "--cache", str(tmp_path / "cache"), cwd=cwd)  # noqa: E731
     run = evaluate(str(tree), ROOT)
     assert run.returncode == 0, run.stderr
     assert AS_INDEXED_ROW in run.stdout
