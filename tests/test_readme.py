@@ -1,7 +1,7 @@
 """Every shell and Python example in the README runs as written (on the bundled samples).
 
 Shell lines run from a scratch folder that holds `data/` (a link to the repository's), with
-`diffsearch` as `python -m api`. Two kinds of line are left to their own tests: the set-up
+`diffsearch` as its `api.cli.main` run in this process (tests/cli.py), `serve` as a real process. Two kinds of line are left to their own tests: the set-up
 commands (CI runs exactly those) and lines with a CAPITALISED placeholder (PHOTOS, LABELLED_DIR).
 `serve` is started, asked for /health and /docs, and stopped; its port is swapped for a free one.
 """
@@ -19,6 +19,7 @@ import urllib.request
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def run_line(command: str, cwd) -> subprocess.CompletedProcess | None:  # noqa: 
     argv = [sys.executable, "-m", "api", *shlex.split(command)[1:]]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if argv[3] != "serve":
-        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        return run_cli(*argv[3:], cwd=cwd)
     port = free_port()
     argv = [str(port) if a == "8000" else a for a in argv]
     server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
