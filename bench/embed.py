@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
-from indexer.embedding.embedder import Embedder, cpu_has_native_bf16, pick_dtype  # noqa: E402
+from indexer.embedding.embedder import Embedder  # noqa: E402
+from indexer.embedding.precision import cpu_has_native_bf16, pick_dtype  # noqa: E402
 from indexer.images import prepare  # noqa: E402
 from indexer.embedding.model import load_model  # noqa: E402
 from indexer.embedding.runtimes import pick_runtime  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from functools import cached_property
@@ -20,6 +19,7 @@ from diffusers import DDIMScheduler
 from indexer.embedding.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
 from indexer.embedding.features import pool
+from indexer.embedding.precision import cpu_has_native_bf16, pick_device, pick_dtype
 from indexer.images import ImageInput, crop_for_embedding, load_image, prepare, prepare_with_mirror, to_tensor, trim_borders
 from indexer.embedding.inversion import invert
 from indexer.embedding.model import DiffusionModel, load_model
@@ -46,49 +46,6 @@ class FrameEmbeddings:
 
     vectors: Embedding  # (n, d), unit length
     latents: list[Latent | None]  # (C, h, w) float16 each: the whole frame's encoded latent
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """True on CPUs with bf16 matrix instructions (Intel AMX or AVX512-BF16, Arm BF16).
-
-    Without them torch emulates bf16 and runs ~7x slower than fp32 (measured on AMD Zen 3). A oneDNN
-    ISA cap (ONEDNN_MAX_CPU_ISA=AVX2, say) below the bf16 instructions counts as not having them."""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
-    if cap != "ALL" and "AMX" not in cap and "BF16" not in cap:
-        return False
-    if cpuinfo is None:
-        try:
-            cpuinfo = open("/proc/cpuinfo").read()  # noqa: SIM115 - a one-off read
-        except OSError:
-            return False
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
-
-
-def pick_dtype(requested: str, device: torch.device) -> str:
-    """The compute dtype: `requested`, or for "auto" bf16 where the hardware runs it natively."""
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bfloat16"
-    return "float32"
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(requested)
 
 
 class Embedder:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from indexer.errors import InvalidImageError
 from indexer.images import prepare
+from indexer.embedding.precision import bf16_autocast
 from indexer.embedding.taef2 import load_encoder
 from indexer.training.views import recipe_suffix
 
@@ -63,7 +64,7 @@ def encode_photos(
     for pixels, ok in tqdm(loader, desc="encoding photos", unit="batch"):
         kept.append(ok.numpy())
         pixels = pixels[ok]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with bf16_autocast("cpu"):
             both = encoder(torch.cat([pixels, pixels.flip(3)])).float()
         plain.append(both[: len(pixels)].half().numpy())
         mirrored.append(both[len(pixels) :].half().numpy())
@@ -126,7 +127,7 @@ def encode_views(
         kept.append(ok.numpy())
         pixels = pixels[ok]
         flat = pixels.reshape(-1, 3, size, size).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with bf16_autocast("cpu"):
             latents = encoder(flat).float()
         out.append(latents.reshape(len(pixels), 1 + views, *latents.shape[1:]).half().numpy())
     latents, mask = np.concatenate(out), np.concatenate(kept)

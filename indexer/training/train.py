@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from indexer.embedding.features import capture, pool
 from indexer.embedding.model import MANIFEST
+from indexer.embedding.precision import bf16_autocast
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     class_weight: float = 0.0  # weight of the auxiliary class-prediction loss (0: plain diffusion training)
     num_classes: int = 0  # set from the labels when class_weight > 0
-    bf16: bool = True  # autocast on CPU; ~2x faster than fp32 on recent x86
+    bf16: bool = True  # bf16 autocast where the hardware runs it natively (~2x fp32 there); fp32 elsewhere (precision.py)
     # Self-supervised term (SimCLR's NT-Xent): two edited views of one photo, noised to t <= ssl_t_max
     # (the levels search reads features at), must pool to neighbouring mid-block features against the
     # other photos of the batch. Needs precomputed views (indexer.training.latents.encode_views).
@@ -213,7 +214,7 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed + step)
     started = time.time() - spent
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    autocast = bf16_autocast(device, cfg.bf16)
     while step < cfg.max_steps and (time.time() - started) < cfg.max_minutes * 60:
         idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=generator)
         x0 = data[idx].float().to(device)

@@ -2,9 +2,7 @@
 
 import os
 
-import torch
 
-from indexer.embedding.embedder import cpu_has_native_bf16, pick_dtype
 from indexer.threads import available_cores, cgroup_cpu_limit, thread_budget
 
 
@@ -30,26 +28,6 @@ def test_budget_is_the_usable_cores_unless_overridden():
     assert thread_budget(env={"DIFFSEARCH_THREADS": "3"}) == 3
     assert thread_budget(5, env={"DIFFSEARCH_THREADS": "3"}) == 5  # an explicit setting wins
     assert thread_budget(env={"DIFFSEARCH_THREADS": "many"}) == available_cores()
-
-
-def test_dtype_follows_the_hardware():
-    assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
-    assert cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm\n")
-    assert not cpu_has_native_bf16("flags\t\t: fpu sse4_2 avx2 fma\n")  # AMD Zen 3: emulated bf16, ~7x slower
-
-
-def test_a_onednn_isa_cap_below_bf16_means_fp32(monkeypatch):
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert not cpu_has_native_bf16("flags\t\t: avx512_bf16 amx_bf16\n")
-    assert pick_dtype("auto", torch.device("cpu")) == "float32"
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
-    assert cpu_has_native_bf16("flags\t\t: avx512_bf16 amx_bf16\n")
-
-
-def test_explicit_dtypes_win_and_auto_follows_the_cpu():
-    cpu = torch.device("cpu")
-    assert pick_dtype("float32", cpu) == "float32" and pick_dtype("bfloat16", cpu) == "bfloat16"
-    assert pick_dtype("auto", cpu) == ("bfloat16" if cpu_has_native_bf16() else "float32")
 
 
 def test_bf16_and_fp32_vectors_agree_so_dtype_is_a_runtime_option(default_model, sample_photos):

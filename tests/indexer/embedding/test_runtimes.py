@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
-from indexer.embedding.embedder import Embedder, cpu_has_native_bf16
+from indexer.embedding.embedder import Embedder
+from indexer.embedding.precision import cpu_has_native_bf16
 from indexer.embedding.model import load_model
 from indexer.embedding.runtimes import pick_runtime
 from indexer.errors import ConfigError
