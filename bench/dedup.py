@@ -64,7 +64,7 @@ def features(searcher: Searcher, gallery: list[Path], picked: np.ndarray, seed: 
         cached = pickle.loads(cache.read_bytes())
         if cached["fingerprint"] == searcher.embedder.fingerprint and np.array_equal(cached["picked"], picked):
             return cached
-    store = searcher._fresh_vectors()
+    store = searcher.fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
     names = {i: Path(p.path).name for i, p in searcher.photos([int(i) for i in ids]).items()}
     row = {link_name(p): r for r, p in enumerate(gallery)}
@@ -165,7 +165,7 @@ def sample_groups(searcher_for, candidates: list[Candidate]) -> dict[Candidate, 
         settings = Settings(index_dir=Path(tmp) / "index")
         index_photos([ROOT / "data" / "samples"], settings)
         searcher = searcher_for(settings.index_dir)
-        ids = np.asarray(searcher._fresh_vectors().ids(), dtype=np.int64)
+        ids = np.asarray(searcher.fresh_vectors().ids(), dtype=np.int64)
         _, neighbours, distances = nearest_neighbours(searcher, ids, max(c[0].neighbours for c in candidates) + 2)
         matches = pair_matches(neighbours, PhotoTemplates(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
         grouped = {c: sum(len(g) for g in groups_of(neighbours, distances, matches, *c)) for c in candidates}

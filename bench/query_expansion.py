@@ -84,7 +84,7 @@ def main() -> None:
     if not cache.exists():
         cache.write_bytes(pickle.dumps(short_lists(searcher, queries + gallery, args.batch)))
     found, query_vectors = pickle.loads(cache.read_bytes())
-    store = searcher._fresh_vectors()
+    store = searcher.fresh_vectors()
     vectors = {i: store.reconstruct(i) for i in store.ids()}
     position = gallery_positions(gallery)
     canonical, classes = same_photo(gallery), np.array([p.parent.name for p in gallery])

@@ -177,7 +177,7 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     Then each photo's neighbours are verified spatially where the index allows, and the links of
     ALSO_BY_VECTORS on plain distances are added (the module docstring). `rule` None:
     `default_rule` for this index."""
-    store = searcher._fresh_vectors()
+    store = searcher.fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
     if len(ids) < 2:
         return []
@@ -208,7 +208,7 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
 def nearest_neighbours(searcher: Searcher, ids: npt.NDArray[np.int64], k: int):  # noqa: ANN201 - a vector getter and two arrays
     """(vector_of(row), neighbours, distances): each row's k - 1 nearest other rows and their
     Euclidean distances, ascending (-1 and inf pad short rows), on the dims dedup compares."""
-    store = searcher._fresh_vectors()
+    store = searcher.fresh_vectors()
     projection = searcher.embedder.projection
     k = min(k, len(ids))  # the photo itself, its neighbours, one more for the gap
     if projection is not None and projection.instance_dims:

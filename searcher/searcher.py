@@ -81,20 +81,20 @@ class Searcher:
         """From now on, concurrent `query` calls from several threads share batched forward passes."""
         if self.queue is None:
             self.queue = EmbeddingQueue(self.embedder, max_batch, wait_ms, max_queue, lock=self._model_lock)
-        if self.search_batcher is None and not self._fresh_vectors().filters_natively:
-            self.search_batcher = SearchBatcher(self._fresh_vectors, max_batch=2 * max_batch)
+        if self.search_batcher is None and not self.fresh_vectors().filters_natively:
+            self.search_batcher = SearchBatcher(self.fresh_vectors, max_batch=2 * max_batch)
         return self.queue
 
-    def _fresh_vectors(self) -> VectorIndex:
+    def fresh_vectors(self) -> VectorIndex:
         """The vectors as the indexer last saved them."""
         return self.index.fresh_vectors()
 
     def __len__(self) -> int:
-        return len(self._fresh_vectors())
+        return len(self.fresh_vectors())
 
     def counts(self) -> dict[str, int]:
         """Rows, vectors and failures, with the vectors as the indexer last saved them."""
-        self._fresh_vectors()
+        self.fresh_vectors()
         return self.index.counts()
 
     def _check_vectors_present(self) -> None:
@@ -189,7 +189,7 @@ class Searcher:
         return [results[:k] for results in found]
 
     def _expand(self, query: npt.NDArray[np.float32], results: list[SearchResult], n: int) -> list[SearchResult]:
-        vectors = self._fresh_vectors().reconstruct_many([r.id for r in results if r.match is not None])
+        vectors = self.fresh_vectors().reconstruct_many([r.id for r in results if r.match is not None])
         return expand_results(results, query, vectors, n)
 
     def _rerank(self, image: Image.Image, frame_latent: Latent | None, results: list[SearchResult], n: int) -> list[SearchResult]:
@@ -213,7 +213,7 @@ class Searcher:
         self, photo_id: int, k: int = 10, max_distance: float | None = None, path_prefix: str | None = None
     ) -> list[SearchResult]:
         """More like an indexed photo (its own stored vector; the photo itself comes first)."""
-        vector = self._fresh_vectors().reconstruct(photo_id)
+        vector = self.fresh_vectors().reconstruct(photo_id)
         if vector is None:
             raise KeyError(photo_id)
         return self.query_vectors(vector[None], k, max_distance, path_prefix)[0]
@@ -228,7 +228,7 @@ class Searcher:
         _checked_k(k)
         if max_distance is not None and max_distance < 0:
             raise ConfigError(f"max_distance must be >= 0, got {max_distance}")
-        store = self._fresh_vectors()
+        store = self.fresh_vectors()
         self._check_vectors_present()
         prefix = _normalise_prefix(path_prefix)
         out = []

@@ -6,6 +6,10 @@ log lines and progress bars on stderr. What it saves is the fresh interpreter's 
 diffusers and what they pull in: ~10 s a command on a 2-core CI machine, most of the suite's
 time before). Tests about the process itself (signals, kill -9, a running server, the console
 script, the README's lines as a shell runs them) start real processes instead.
+
+Decode workers are off (DIFFSEARCH_WORKERS=0) unless a test sets them: they are forked, and a fork
+of a process that already runs threads (a test's server, OpenVINO's pool) can deadlock in the
+child, where a fresh CLI process has none. Worker processes are tested where they run in their own.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | str = 
         stack.enter_context(contextlib.redirect_stdout(out))
         stack.enter_context(contextlib.redirect_stderr(err))
         stack.enter_context(contextlib.chdir(cwd))
-        stack.enter_context(_environment(env or {}))
+        stack.enter_context(_environment({"DIFFSEARCH_WORKERS": "0", **(env or {})}))
         saved_argv, sys.argv = sys.argv, ["diffsearch", *args]
         stack.callback(setattr, sys, "argv", saved_argv)
         root.addHandler(handler)

@@ -33,7 +33,7 @@ def small(tmp_path, sample_photos, embedder, default_model):
 
 
 def first(searcher):
-    row = searcher.photo(int(searcher._fresh_vectors().ids()[0]))
+    row = searcher.photo(int(searcher.fresh_vectors().ids()[0]))
     assert row is not None
     return row
 
@@ -106,7 +106,7 @@ def test_upload_limit_is_enforced_while_streaming(small, declared):
 
 def test_concurrent_thumbnails_and_a_read_only_cache_never_500(small):
     client, searcher, _ = small
-    ids = [int(i) for i in searcher._fresh_vectors().ids()[:3]]
+    ids = [int(i) for i in searcher.fresh_vectors().ids()[:3]]
     results = []
 
     def fetch(photo_id: int) -> None:

@@ -87,7 +87,7 @@ def test_unknown_ids_and_traversal_serve_nothing(client, url, status):
 
 
 def test_a_deleted_file_is_a_404_not_a_500(client, searcher, tmp_path):
-    rows = searcher.photos(searcher._fresh_vectors().ids()[:1].tolist())
+    rows = searcher.photos(searcher.fresh_vectors().ids()[:1].tolist())
     row = next(iter(rows.values()))
     original = row.path
     os.rename(original, original + ".away")

@@ -61,7 +61,7 @@ def test_a_lone_query_does_not_wait_for_a_batch_to_fill(embedder, sample_photos)
 def test_concurrent_searches_share_one_call_and_match_searching_alone(searcher):
     from searcher.search_batching import SearchBatcher
 
-    store = searcher._fresh_vectors()
+    store = searcher.fresh_vectors()
     vectors = np.stack([store.reconstruct(int(i)) for i in store.ids()[:24]])
     alone = [store.search(v[None], 5) for v in vectors]
     gate = threading.Event()

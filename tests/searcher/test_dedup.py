@@ -99,7 +99,7 @@ def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp
     assert names(find_duplicates(searcher)) == [leopards, airplanes]  # the default: verified, plus ALSO_BY_VECTORS' links
     # Verified alone, the tilted copy is missed (verified distance 1.043, just past the cap 1.04):
     # tilts are verification's weak edit, and the strict vectors-only links bring it back.
-    ids = np.asarray(searcher._fresh_vectors().ids(), dtype=np.int64)
+    ids = np.asarray(searcher.fresh_vectors().ids(), dtype=np.int64)
     _, neighbours, distances = nearest_neighbours(searcher, ids, DedupRule().neighbours + 2)
     matches = pair_matches(neighbours, PhotoTemplates(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
     verified_alone = groups_of(neighbours, distances, matches, DedupRule())

@@ -61,7 +61,7 @@ def test_a_searcher_expands_the_re_ranked_list_only(searcher, sample_photos):
     expanded = searcher.query(query, k=RERANK)
     plain = searcher.query(query, k=RERANK, expand=0)
     assert expanded[0] == plain[0] and sorted(r.id for r in expanded) == sorted(r.id for r in plain)
-    vectors = {r.id: searcher._fresh_vectors().reconstruct(r.id) for r in plain}
+    vectors = {r.id: searcher.fresh_vectors().reconstruct(r.id) for r in plain}
     q = searcher.embed([query], mirrored=True)[0]  # as the search embeds it, with its mirror
     used = [r for r in plain if r.distance >= 1e-3][:2]
     q2 = expanded_query(q, np.stack([vectors[r.id] for r in used]), np.array([r.distance for r in used]))

@@ -27,7 +27,7 @@ def test_a_photo_finds_itself_first_at_distance_zero(searcher, sample_photos):
 def test_results_are_the_exact_euclidean_neighbours(searcher, sample_photos):
     query, mirrored = searcher.embed([sample_photos[0]], mirrored=True)
     assert np.allclose(query, searcher.embed([sample_photos[0]])[0], atol=1e-6)
-    store = searcher._fresh_vectors()
+    store = searcher.fresh_vectors()
     ids = store.ids()
     all_vectors = np.vstack([store.reconstruct(int(i)) for i in ids])
     plain = np.linalg.norm(all_vectors - query, axis=1)
