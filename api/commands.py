@@ -12,7 +12,7 @@ from api.indexing_commands import index as index_command
 from api.options import DatabaseOpt, DeviceOpt, IndexOpt, JsonOpt, app, fail, load_settings
 from indexer.errors import DiffsearchError
 from indexer.storage import display_location
-from searcher.dedup import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_MATCH_WEIGHT, DEFAULT_THRESHOLD, VECTORS_ONLY
+from searcher.dedup_rule import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_MATCH_WEIGHT, DEFAULT_THRESHOLD, VECTORS_ONLY
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -65,7 +65,8 @@ def dedup(
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate photos in the index."""
-    from searcher.dedup import can_verify, default_rule, find_duplicates
+    from searcher.dedup import can_verify, find_duplicates
+    from searcher.dedup_rule import default_rule
     from searcher.searcher import Searcher
 
     settings = load_settings(index_dir=index_dir, database=database)

@@ -18,7 +18,7 @@ recall (both scenarios' summed) at pair precision >= --precision in both scenari
 that put none of the 64 bundled samples (data/samples, indexed and deduplicated for real with
 `find_duplicates`) in a group. In two steps: first the rule alone (verified at weights 1-4, or the
 vectors alone at weight 0), then, for the chosen rule, the strict vectors-only rule whose links on
-plain distances it adds (searcher.dedup.ALSO_BY_VECTORS; none is a candidate too). The rule shipped
+plain distances it adds (searcher.dedup_rule.ALSO_BY_VECTORS; none is a candidate too). The rule shipped
 before verification is reported beside it, the best of each weight by the same test, each edit's
 share of copies found, and one threshold alone (no gap test) at precision >= 0.95, the issue's target.
 """
@@ -50,7 +50,8 @@ from indexer.settings import Settings  # noqa: E402
 from indexer.storage.rows import read_latents  # noqa: E402
 from indexer.training.evaluation import LabelledSet  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
-from searcher.dedup import ALSO_BY_VECTORS, VECTORS_ONLY, DedupRule, find_duplicates, groups_of  # noqa: E402
+from searcher.dedup import find_duplicates, groups_of  # noqa: E402
+from searcher.dedup_rule import ALSO_BY_VECTORS, VECTORS_ONLY, DedupRule  # noqa: E402
 from searcher.searcher import Searcher  # noqa: E402
 from searcher.verification import pair_matches, verified_distances  # noqa: E402
 

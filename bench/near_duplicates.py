@@ -21,7 +21,7 @@ held every dedup rule's pair precision near 0.5 and cost recall on Faces queries
 Dedup as `diffsearch dedup` runs it (searcher.dedup, the default model's row, on the projection's
 instance dims where it has a class part beside them: the "dedup's dims" row): collections made of
 the gallery plus edited copies of the originals (one copy each, or 1-5 copies each), grouped by a
-`DedupRule` on plain distances (the vectors-only rule, `searcher.dedup.VECTORS_ONLY`, and its
+`DedupRule` on plain distances (the vectors-only rule, `searcher.dedup_rule.VECTORS_ONLY`, and its
 neighbours); precision and recall over all pairs inside the groups (a pair is true when both are
 the same original, its twin or its copies). Rules are chosen on the even-numbered originals and
 reported on the odd ones. The default rule verifies pairs spatially on whole-frame latents, which
@@ -50,7 +50,7 @@ from indexer.training.evaluation import LabelledSet, encode_set, with_mirror  # 
 from indexer.images import crop_for_embedding, load_image, to_tensor  # noqa: E402
 from indexer.embedding.model import DiffusionModel, load_model  # noqa: E402
 from indexer.training.views import EDITS  # noqa: E402
-from searcher.dedup import VECTORS_ONLY, DedupRule, duplicate_groups  # noqa: E402
+from searcher.dedup_rule import VECTORS_ONLY, DedupRule, duplicate_groups  # noqa: E402
 from searcher.searcher import MIRROR_MAX_DISTANCE  # noqa: E402
 
 CACHE = ROOT / "runs" / "eval-cache"

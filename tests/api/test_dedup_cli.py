@@ -2,7 +2,7 @@ from typer.testing import CliRunner
 
 import api.commands  # noqa: F401 - registers the commands on the app
 from api.options import app
-from searcher.dedup import VECTORS_ONLY, DedupRule
+from searcher.dedup_rule import VECTORS_ONLY, DedupRule
 
 
 def test_the_dedup_help_states_the_rules_defaults():

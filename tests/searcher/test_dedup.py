@@ -11,18 +11,15 @@ from sqlalchemy.orm import Session
 
 from indexer.storage.rows import PhotoLatent
 from searcher.dedup import (
-    VECTORS_ONLY,
-    DedupRule,
     PhotoTemplates,
     can_verify,
-    default_rule,
-    duplicate_groups,
     find_duplicates,
     groups_of,
     latent_mean,
     latents_by_row,
     nearest_neighbours,
 )
+from searcher.dedup_rule import VECTORS_ONLY, DedupRule, default_rule, duplicate_groups
 from searcher.verification import pair_matches
 from searcher.searcher import Searcher
 

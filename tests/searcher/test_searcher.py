@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from indexer.errors import ConfigError, IndexMismatchError, IndexNotFoundError, InvalidImageError
-from searcher.dedup import DedupRule, find_duplicates
+from searcher.dedup import find_duplicates
+from searcher.dedup_rule import DedupRule
 from searcher.searcher import MIRROR_MAX_DISTANCE, Searcher
 from tests.conftest import SAMPLES
 
