@@ -53,9 +53,9 @@ def test_openvino_vectors_match_torch(default_model, sample_photos, config):
     runtime, ov32 = embed(default_model, config, photos, runtime="openvino", dtype="float32")
     assert runtime.runtime.name == "openvino"
     assert np.abs(ov32 - reference).max() <= 1e-4
-    for name in ("torch", "openvino"):
-        _, bf16 = embed(default_model, config, photos, runtime=name, dtype="bfloat16")
-        assert (bf16 * reference).sum(axis=1).min() >= 0.9995, name
+    for name in ("torch", "openvino"):  # half the photos: torch's bf16 is emulated (slow) on CPUs without it
+        _, bf16 = embed(default_model, config, photos[:4], runtime=name, dtype="bfloat16")
+        assert (bf16 * reference[:4]).sum(axis=1).min() >= 0.9995, name
 
 
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])

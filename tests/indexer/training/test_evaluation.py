@@ -80,7 +80,7 @@ def test_eval_cli_on_a_labelled_tree(tmp_path, sample_photos):
     assert empty.returncode == 2 and "no photos under" in empty.stderr and "Traceback" not in empty.stderr
 
 
-def test_random_unet_row_never_shares_the_trained_models_compiled_graphs(default_model, sample_photos, tmp_path):
+def test_random_unet_row_never_shares_the_trained_models_compiled_graphs(default_model, sample_photos):
     """A random-init model made from the trained one must not be served the trained one's OpenVINO
     graphs, nor serve its own to it (they once shared the memo and the bench's rows came out equal)."""
     from indexer.embedding.config import RuntimeOptions
@@ -89,7 +89,9 @@ def test_random_unet_row_never_shares_the_trained_models_compiled_graphs(default
     from indexer.training.evaluation import random_unet_model
 
     trained = load_model("default")  # its own memo, not the session fixture's
-    options = RuntimeOptions(device="cpu", runtime="openvino", dtype="float32", cache_dir=str(tmp_path))
+    # The session's graph cache (default place), which already holds the trained model's graphs:
+    # the random model must not be served them from the disk either.
+    options = RuntimeOptions(device="cpu", runtime="openvino", dtype="float32")
     photos = sample_photos[:4]
     before = Embedder(EmbeddingConfig(projection=False), options, model=trained).embed(photos)
     random = random_unet_model(trained)
