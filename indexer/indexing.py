@@ -11,6 +11,7 @@ processes while the model embeds batches, with a checkpoint every N photos or S 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -160,6 +161,25 @@ class _Decoded(Dataset):
         return i, decoded, time.perf_counter() - started
 
 
+def forked_cleanly(loader: DataLoader) -> Iterator:
+    """`iter(loader)`, its decode workers forked with no garbage of this process left for them to collect.
+
+    A forked worker that garbage-collects an object it inherited runs that object's destructor in
+    the child, where the object's threads do not exist: an OpenVINO compiled model dropped by an
+    earlier embedder waits there for its executor threads forever (seen: a test process that had
+    run several models hung in a worker's `CPUStreamsExecutor` destructor). So the garbage is
+    collected here, where the threads live, and what is left is frozen out of the children's
+    collections while they fork (gc.freeze, as the gc docs advise before fork)."""
+    if not loader.num_workers:
+        return iter(loader)
+    gc.collect()
+    gc.freeze()
+    try:
+        return iter(loader)  # forks the workers
+    finally:
+        gc.unfreeze()
+
+
 def _init_worker(close_fds: tuple[int, ...], _worker_id: int) -> None:
     """A decode worker: one thread (the main process owns the cores' compute), no copy of the writer's lock."""
     torch.set_num_threads(1)
@@ -274,7 +294,7 @@ class IndexRun:
             prefetch_factor=4 if options.workers else None,
             worker_init_fn=partial(_init_worker, self.worker_closes),
         )
-        for batch in loader:
+        for batch in forked_cleanly(loader):
             self.embedder.stage_seconds["decode (workers)"] += sum(seconds for _, _, seconds in batch)
             good = [(i, d) for i, d, _ in batch if d.failure is None]
             done = self.embedder.embed_frames([d.pixels for _, d in good])

@@ -135,3 +135,43 @@ def test_settings_from_environment(tmp_path):
     assert s.index_dir == tmp_path and s.embedding_config().timestep == 50
     assert s.embedding_config().blocks == ("latent", "mid")
     assert Settings.load(env={"DIFFSEARCH_TIMESTEP": "50"}, timestep=20).embedding_config().timestep == 20
+
+
+FORK_AFTER_A_DROPPED_MODEL = """
+import gc, sys
+from pathlib import Path
+import indexer.indexing as indexing
+from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.embedder import Embedder
+from indexer.embedding.model import load_model
+from indexer.settings import Settings
+
+real_init = indexing._init_worker
+def init_and_collect(*args):
+    real_init(*args)
+    gc.collect()  # what a worker's own allocations trigger sooner or later
+indexing._init_worker = init_and_collect
+
+photos = sorted(Path("data/samples").glob("*.jpg"))[:8]
+out = Path(sys.argv[1])
+options = RuntimeOptions(device="cpu", runtime="openvino", cache_dir=str(out / "cache"))
+dropped = Embedder(EmbeddingConfig(), options, model=load_model("default"))
+dropped.embed(photos[:2])
+dropped.cycle = dropped  # only the garbage collector can free it
+gc.collect(); gc.disable()  # old, and not yet collected when the workers fork
+del dropped
+embedder = Embedder(EmbeddingConfig(), RuntimeOptions(device="cpu", batch_size=4, workers=2), model=load_model("default"))
+print("added", indexing.index_photos(photos, Settings.load(env={}, index_dir=out / "index"), embedder=embedder).added)
+"""
+
+
+def test_decode_workers_start_cleanly_after_a_model_was_dropped(tmp_path):
+    """A worker that garbage-collects an OpenVINO model it inherited used to hang in its destructor
+    (its threads live in the parent only); workers now fork with nothing left to collect."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    run = subprocess.run([sys.executable, "-c", FORK_AFTER_A_DROPPED_MODEL, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0 and "added 8" in run.stdout, run.stderr[-2000:]
