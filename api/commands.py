@@ -41,8 +41,8 @@ def query(
 
     settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror, rerank=rerank, expand=expand)
     try:
-        searcher = Searcher.from_settings(settings)
-        results = searcher.query(image, k, max_distance, path_prefix)
+        with Searcher.from_settings(settings) as searcher:
+            results = searcher.query(image, k, max_distance, path_prefix)
     except DiffsearchError as exc:
         fail(exc)
         return
@@ -71,9 +71,9 @@ def dedup(
 
     settings = load_settings(index_dir=index_dir, database=database)
     try:
-        searcher = Searcher(settings.location, settings.runtime_options())
-        rule = default_rule(can_verify(searcher), threshold=threshold, gap=gap, cap=cap, match_weight=match_weight)
-        groups = find_duplicates(searcher, rule)
+        with Searcher(settings.location, settings.runtime_options()) as searcher:
+            rule = default_rule(can_verify(searcher), threshold=threshold, gap=gap, cap=cap, match_weight=match_weight)
+            groups = find_duplicates(searcher, rule)
     except DiffsearchError as exc:
         fail(exc)
         return

@@ -287,6 +287,12 @@ class Searcher:
         self.stop_batching()
         self.index.close()
 
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 def _nearer_of(found: list[SearchResult], by_mirror: list[SearchResult], k: int) -> list[SearchResult]:
     """The query's results with what its mirror found within MIRROR_MAX_DISTANCE: each photo once,

@@ -133,3 +133,27 @@ def test_the_server_and_cli_defaults_are_the_python_apis():
     from searcher.rerank import RERANK
 
     assert (Settings().rerank, Settings().expand) == (RERANK, EXPAND) == (100, 2)
+
+
+def test_a_searcher_used_as_a_context_closes_its_index(sample_index, default_model, sample_photos):
+    """`with Searcher(...)` (what the CLI's query and dedup do) lets go of the index's files."""
+    from pathlib import Path
+
+    from indexer.embedding.config import RuntimeOptions
+    from tests.cli import run_cli
+
+    proc = Path("/proc/self/fd")
+    if not proc.is_dir():
+        pytest.skip("needs /proc to count open files")
+    database = str(sample_index / "index.db")
+
+    def handles() -> int:
+        return sum(1 for fd in proc.iterdir() if str(fd.resolve()).startswith(database))
+
+    before = handles()
+    with Searcher(sample_index, RuntimeOptions(device="cpu", workers=0), model=default_model) as searcher:
+        searcher.query(sample_photos[0], k=3)
+        assert handles() > before
+    assert handles() == before
+    assert run_cli("query", str(sample_photos[0]), "-k", "3", "--index", str(sample_index)).returncode == 0
+    assert handles() == before
