@@ -11,7 +11,6 @@ processes while the model embeds batches, with a checkpoint every N photos or S 
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from indexer.embedding.config import EmbeddingConfig
 from indexer.embedding.embedder import Embedder
 from indexer.engine import Decoded, EmbedEngine, Embedded, decode_file
 from indexer.files import PhotoFile, Scan, content_hash, scan_photos
+from indexer.workers import forked_cleanly
 from indexer.storage import IndexSettings, PhotoIndex
 from indexer.settings import Settings
 from indexer.storage.rows import Failure, Photo, PhotoLatent, delete_failures, delete_photos, latent_row, photos_under, utcnow
@@ -159,25 +159,6 @@ class _Decoded(Dataset):
         config = self.config
         decoded = decode_file(self.files[i].path, config.image_size, config.trims, config.frame_aspect)
         return i, decoded, time.perf_counter() - started
-
-
-def forked_cleanly(loader: DataLoader) -> Iterator:
-    """`iter(loader)`, its decode workers forked with no garbage of this process left for them to collect.
-
-    A forked worker that garbage-collects an object it inherited runs that object's destructor in
-    the child, where the object's threads do not exist: an OpenVINO compiled model dropped by an
-    earlier embedder waits there for its executor threads forever (seen: a test process that had
-    run several models hung in a worker's `CPUStreamsExecutor` destructor). So the garbage is
-    collected here, where the threads live, and what is left is frozen out of the children's
-    collections while they fork (gc.freeze, as the gc docs advise before fork)."""
-    if not loader.num_workers:
-        return iter(loader)
-    gc.collect()
-    gc.freeze()
-    try:
-        return iter(loader)  # forks the workers
-    finally:
-        gc.unfreeze()
 
 
 def _init_worker(close_fds: tuple[int, ...], _worker_id: int) -> None:

@@ -31,6 +31,7 @@ from indexer.images import IMAGE_EXTENSIONS, MAX_TRIMS, crop_for_embedding, load
 from indexer.embedding.model import DiffusionModel
 from indexer.embedding.projection import fit_projection
 from indexer.training.train import TrainConfig, build_unet
+from indexer.workers import forked_cleanly
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def encode_set(
         return EncodedSet(data["x0"].float(), data["histograms"])
     x0s, hists = [], []
     loader = DataLoader(_Crops(paths, size, trim, mirror), batch_size=32, num_workers=workers)
-    for pixels in tqdm(loader, desc=f"encoding {len(paths)} {'mirrored ' if mirror else ''}photos at {size}px", unit="batch"):
+    for pixels in tqdm(forked_cleanly(loader), desc=f"encoding {len(paths)} {'mirrored ' if mirror else ''}photos at {size}px", unit="batch"):
         x0s.append(embedder.encode(pixels).half())
         hists.append(colour_histogram(pixels))
     out = EncodedSet(torch.cat(x0s).float(), np.concatenate(hists))

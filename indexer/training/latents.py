@@ -18,6 +18,7 @@ from indexer.images import prepare
 from indexer.embedding.precision import bf16_autocast
 from indexer.embedding.taef2 import load_encoder
 from indexer.training.views import recipe_suffix
+from indexer.workers import forked_cleanly
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def encode_photos(
     encoder = load_encoder(autoencoder_dir)
     loader = DataLoader(_Photos(paths, size), batch_size=batch_size, num_workers=workers)
     plain, mirrored, kept = [], [], []
-    for pixels, ok in tqdm(loader, desc="encoding photos", unit="batch"):
+    for pixels, ok in tqdm(forked_cleanly(loader), desc="encoding photos", unit="batch"):
         kept.append(ok.numpy())
         pixels = pixels[ok]
         with bf16_autocast("cpu"):
@@ -123,7 +124,7 @@ def encode_views(
     encoder = load_encoder(autoencoder_dir).to(memory_format=torch.channels_last)
     loader = DataLoader(_Views(paths, size, views, seed, recipe), batch_size=batch_size, num_workers=workers, prefetch_factor=4 if workers else None)
     out, kept = [], []
-    for pixels, ok in tqdm(loader, desc=f"encoding {len(paths)} photos x {1 + views} views", unit="batch"):
+    for pixels, ok in tqdm(forked_cleanly(loader), desc=f"encoding {len(paths)} photos x {1 + views} views", unit="batch"):
         kept.append(ok.numpy())
         pixels = pixels[ok]
         flat = pixels.reshape(-1, 3, size, size).contiguous(memory_format=torch.channels_last)
