@@ -7,9 +7,11 @@ diffusers and what they pull in: ~10 s a command on a 2-core CI machine, most of
 time before). Tests about the process itself (signals, kill -9, a running server, the console
 script, the README's lines as a shell runs them) start real processes instead.
 
-Decode workers are off (DIFFSEARCH_WORKERS=0) unless a test sets them: they are forked, and a fork
-of a process that already runs threads (a test's server, OpenVINO's pool) can deadlock in the
-child, where a fresh CLI process has none. Worker processes are tested where they run in their own.
+Decode workers are off (DIFFSEARCH_WORKERS=0) unless a test sets them: forking the test process
+(gigabytes, every model the session loaded) costs more than decoding a test's few photos. Forked
+workers have their own tests (tests/indexer/test_workers.py, test_indexing.py, and `index` run as a
+real process in test_faults.py); the first full run with in-process commands is what found that a
+worker could hang collecting an inherited OpenVINO model (indexer/workers.py).
 """
 
 from __future__ import annotations
