@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from searcher.stats import index_stats
 
 # Loaded on first use (PEP 562): `from searcher import Searcher` pulls in torch and diffusers, which
-# `diffsearch stats`, `check` and `--help` never need (~3 s to start instead of ~12 s on 2 cores).
+# `diffsearch stats`, `check` and `--help` never need (~4 s to start instead of ~12 s on 2 cores).
 _HOMES = {
     "find_duplicates": "searcher.dedup",
     "DEFAULT_THRESHOLD": "searcher.dedup_rule",

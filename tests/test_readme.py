@@ -49,12 +49,12 @@ def free_port() -> int:
 
 
 def run_line(command: str, cwd) -> subprocess.CompletedProcess | None:  # noqa: ANN001
-    argv = [sys.executable, "-m", "api", *shlex.split(command)[1:]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if argv[3] != "serve":
-        return run_cli(*argv[3:], cwd=cwd)
+    args = shlex.split(command)[1:]
+    if args[0] != "serve":
+        return run_cli(*args, cwd=cwd)
     port = free_port()
-    argv = [str(port) if a == "8000" else a for a in argv]
+    argv = [sys.executable, "-m", "api", *(str(port) if a == "8000" else a for a in args)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

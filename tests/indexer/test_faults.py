@@ -47,10 +47,6 @@ def failures(index_dir):
     return out
 
 
-def cli(*args):
-    return run_cli(*args)
-
-
 def start_index(photos: Path, index_dir: Path, *flags: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "api", "index", str(photos), "--index", str(index_dir), *flags], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
@@ -63,7 +59,7 @@ def test_a_missing_root_prunes_nothing_and_fails_the_command(tmp_path, settings,
     summary = index_photos([photos], settings, embedder=embedder)
     assert (summary.removed, summary.kept, summary.missing_roots) == (0, 4, [str(photos)])
     assert PhotoIndex.open(settings.index_dir).counts()["photos"] == 4
-    r = cli("index", str(photos), "--index", str(settings.index_dir), "--workers", "0")
+    r = run_cli("index", str(photos), "--index", str(settings.index_dir), "--workers", "0")
     assert r.returncode == 1 and "not found" in r.stderr and "removed 0" in r.stdout
 
 
@@ -146,8 +142,8 @@ def test_repair_recovers_unreadable_vectors_nan_vectors_and_a_corrupt_database(t
     index_dir = str(settings.index_dir)
     vectors = settings.index_dir / VECTORS_FILE
     vectors.write_bytes(b"garbage, not FAISS")
-    assert "check --repair" in cli("index", str(photos), "--index", index_dir).stderr
-    fixed = cli("check", "--repair", "--index", index_dir)
+    assert "check --repair" in run_cli("index", str(photos), "--index", index_dir).stderr
+    fixed = run_cli("check", "--repair", "--index", index_dir)
     assert fixed.returncode == 0 and "5 re-embedded" in fixed.stdout and "repaired: 5 rows, 5 vectors" in fixed.stdout, fixed.stdout + fixed.stderr
 
     index = PhotoIndex.open(settings.index_dir)
@@ -156,19 +152,19 @@ def test_repair_recovers_unreadable_vectors_nan_vectors_and_a_corrupt_database(t
     index.vectors.add(ids[:1], np.full((1, index.settings.dim), np.nan, np.float32))
     index.vectors.save()
     index.close()
-    found = cli("check", "--index", index_dir)
+    found = run_cli("check", "--index", index_dir)
     assert found.returncode == 1 and "1 non-finite" in found.stdout
-    assert cli("check", "--repair", "--index", index_dir).returncode == 0
+    assert run_cli("check", "--repair", "--index", index_dir).returncode == 0
 
     db = settings.index_dir / "index.db"
     data = bytearray(db.read_bytes())
     data[:100] = b"\0" * 100  # the header: SQLite no longer recognises the file
     db.write_bytes(bytes(data))
     for command in (["stats"], ["check"], ["query", str(photos / "p1.png")], ["dedup"], ["serve", "--port", "1"]):
-        r = cli(*command, "--index", index_dir)
+        r = run_cli(*command, "--index", index_dir)
         assert r.returncode == 2 and "Traceback" not in r.stderr and "check --repair" in r.stderr, (command, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    rebuilt = cli("check", "--repair", "--index", index_dir)
+    rebuilt = run_cli("check", "--repair", "--index", index_dir)
     assert rebuilt.returncode == 0 and "fresh scan" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
     assert Searcher(index_dir, model=embedder.model).query(photos / "p3.png", k=1)[0].path == str(photos / "p3.png")
 
@@ -190,7 +186,7 @@ def test_missing_vectors_file_is_damage_not_an_empty_result(tmp_path, settings, 
     (settings.index_dir / VECTORS_FILE).unlink()
     with pytest.raises(IndexCorruptError, match="missing"):
         Searcher(settings.index_dir, model=embedder.model).query(photos / "p0.png")
-    r = cli("query", str(photos / "p0.png"), "--index", str(settings.index_dir))
+    r = run_cli("query", str(photos / "p0.png"), "--index", str(settings.index_dir))
     assert r.returncode == 2 and "missing" in r.stderr
 
 
