@@ -83,10 +83,14 @@ def dedup(
     kind = f"verified distance (match weight {rule.match_weight})" if rule.match_weight else "distance"
     also = ", and very close pairs by the vectors alone" if rule.match_weight else ""
     typer.echo(f"{len(groups)} group(s): {kind} <= {rule.threshold}" + (f", or before a gap of {rule.gap} up to {rule.cap}" if rule.gap else "") + also)
+    if groups:
+        typer.echo("each group: the copy to keep (most pixels, then oldest file, then largest), then its copies by distance from it")
     for n, group in enumerate(groups, 1):
+        keep, *copies = group.photos
         typer.echo(f"group {n} ({len(group.photos)} photos)")
-        for photo in group.photos:
-            typer.echo(f"  {photo.distance:.4f}  {photo.path}")
+        typer.echo(f"  keep    {keep.path}  ({keep.width}x{keep.height})")
+        for photo in copies:
+            typer.echo(f"  {photo.distance:.4f}  {photo.path}  ({photo.width}x{photo.height})")
 
 
 @app.command()

@@ -100,15 +100,24 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
             logger.warning("dedup: %d photo(s) could not be read again; each was verified with its kept latent alone", templates.unreadable)
     groups = []
     for rows in groups_of(neighbours, distances, matches, rule, ALSO_BY_VECTORS):
-        rows = sorted(rows, key=lambda r: int(ids[r]))
-        group = [int(ids[r]) for r in rows]
+        photos_by_id = searcher.photos([int(ids[r]) for r in rows])
+        rows = sorted((r for r in rows if int(ids[r]) in photos_by_id), key=lambda r: keep_order(photos_by_id[int(ids[r])]))
+        if len(rows) < 2:
+            continue
         members = np.vstack([vector_of(r) for r in rows])
         gaps = np.linalg.norm(members - members[0], axis=1)
-        photos_by_id = searcher.photos(group)
-        photos = [SearchResult.from_row(photos_by_id[i], float(d)) for i, d in zip(group, gaps) if i in photos_by_id]
-        if len(photos) >= 2:
-            groups.append(DuplicateGroup(photos=photos))
+        order = [0, *sorted(range(1, len(rows)), key=lambda i: (gaps[i], int(ids[rows[i]])))]
+        groups.append(DuplicateGroup(photos=[SearchResult.from_row(photos_by_id[int(ids[rows[i]])], float(gaps[i])) for i in order]))
     return sorted(groups, key=lambda g: (-len(g.photos), g.photos[0].id))
+
+
+def keep_order(photo: Photo) -> tuple[int, float, int, int]:
+    """Sort key of a group's copies, the one to keep first: the most pixels (resized copies and
+    crops lose), then the oldest file (a copy is made after its original; a PNG saved from a JPEG
+    is larger without being better, so age comes before size), then the largest file (copies that
+    kept the original's time: a heavier re-encode, a grayscale or blurred copy compress smaller),
+    then the first indexed."""
+    return (-photo.width * photo.height, photo.mtime, -photo.size, photo.id)
 
 
 def nearest_neighbours(searcher: Searcher, ids: npt.NDArray[np.int64], k: int):  # noqa: ANN201 - a vector getter and two arrays

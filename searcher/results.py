@@ -49,4 +49,4 @@ class IndexStats(BaseModel):
 
 
 class DuplicateGroup(BaseModel):
-    photos: list[SearchResult]  # the first is the group's anchor; distances are to it
+    photos: list[SearchResult]  # the copy to keep first (searcher.dedup.keep_order), then the rest nearest first; distances are to the first

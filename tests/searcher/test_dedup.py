@@ -15,6 +15,7 @@ from searcher.dedup import (
     can_verify,
     find_duplicates,
     groups_of,
+    keep_order,
     latent_mean,
     latents_by_row,
     nearest_neighbours,
@@ -70,6 +71,22 @@ def test_a_verifying_rule_links_by_verified_distance_and_adds_the_vectors_only_l
     assert duplicate_groups(neighbours, distances, DedupRule(threshold=0.2, gap=0), (neighbours, distances + 1, also)) == [[0, 1]]
 
 
+def test_the_copy_to_keep_has_the_most_pixels_then_the_oldest_file_then_the_largest():
+    from indexer.storage.rows import Photo
+
+    def photo(id, width, height, mtime, size):
+        return Photo(id=id, path=f"/p/{id}.jpg", content_hash="", size=size, mtime=mtime, width=width, height=height, format="JPEG")
+
+    original = photo(5, 4000, 3000, mtime=100.0, size=3_000_000)
+    copies = [
+        photo(1, 2000, 1500, mtime=50.0, size=9_000_000),  # resized, however old and heavy
+        photo(2, 4000, 3000, mtime=200.0, size=12_000_000),  # the same pixels saved later as PNG
+        photo(3, 4000, 3000, mtime=100.0, size=1_000_000),  # kept the original's time, re-encoded smaller
+        photo(4, 4000, 3000, mtime=100.0, size=3_000_000),  # a byte-identical copy indexed first
+    ]
+    assert [p.id for p in sorted([*copies, original], key=keep_order)] == [4, 5, 3, 2, 1]
+
+
 def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp_path, embedder, sample_photos, caplog):
     from PIL import Image
 
@@ -93,7 +110,11 @@ def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp
 
     leopards, airplanes = ["Leopards_image_0007.jpg", "leopard_gray.png"], ["airplane_tilted.png", "airplanes_image_0021.jpg"]
     assert can_verify(searcher)
-    assert names(find_duplicates(searcher)) == [leopards, airplanes]  # the default: verified, plus ALSO_BY_VECTORS' links
+    groups = find_duplicates(searcher)
+    assert names(groups) == [leopards, airplanes]  # the default: verified, plus ALSO_BY_VECTORS' links
+    # Each group starts with the copy to keep, the original (same pixels, older file), at distance 0.
+    assert {g.photos[0].path.rsplit("/", 1)[-1] for g in groups} == {leopards[0], airplanes[1]}
+    assert all(g.photos[0].distance == 0 < g.photos[1].distance for g in groups)
     # Verified alone, the tilted copy is missed (verified distance 1.043, just past the cap 1.04):
     # tilts are verification's weak edit, and the strict vectors-only links bring it back.
     ids = np.asarray(searcher.fresh_vectors().ids(), dtype=np.int64)
