@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from indexer.errors import InvalidImageError
+from indexer.storage import VectorIndex
 from indexer.storage.rows import Photo, PhotoLatent, read_latents
 from searcher.dedup_rule import ALSO_BY_VECTORS, DedupRule, default_rule, duplicate_groups
 from searcher.results import DuplicateGroup, SearchResult
@@ -91,7 +92,7 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     rule = rule or default_rule(mean is not None)
     if rule.match_weight and mean is None:
         logger.warning("dedup: some photos have no kept latent (a pixel-space model, or photos indexed before latents were kept); comparing vectors alone")
-    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2)
+    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2, store)
     matches = None
     if rule.match_weight and mean is not None:
         templates = PhotoTemplates(searcher, ids)
@@ -120,10 +121,11 @@ def keep_order(photo: Photo) -> tuple[int, float, int, int]:
     return (-photo.width * photo.height, photo.mtime, -photo.size, photo.id)
 
 
-def nearest_neighbours(searcher: Searcher, ids: npt.NDArray[np.int64], k: int):  # noqa: ANN201 - a vector getter and two arrays
+def nearest_neighbours(searcher: Searcher, ids: npt.NDArray[np.int64], k: int, store: VectorIndex | None = None):  # noqa: ANN201 - a vector getter and two arrays
     """(vector_of(row), neighbours, distances): each row's k - 1 nearest other rows and their
-    Euclidean distances, ascending (-1 and inf pad short rows), on the dims dedup compares."""
-    store = searcher.fresh_vectors()
+    Euclidean distances, ascending (-1 and inf pad short rows), on the dims dedup compares.
+    `store`: the vectors `ids` were read from (None: the index's, read afresh)."""
+    store = searcher.fresh_vectors() if store is None else store
     projection = searcher.embedder.projection
     k = min(k, len(ids))  # the photo itself, its neighbours, one more for the gap
     if projection is not None and projection.instance_dims:
