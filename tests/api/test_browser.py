@@ -98,3 +98,40 @@ def test_a_bad_upload_shows_the_error_message(driver, server_url, tmp_path):
     driver.find_element(By.ID, "file").send_keys(str(bad))
     WebDriverWait(driver, 30).until(ec.text_to_be_present_in_element((By.ID, "status"), "Error 400"))
     assert "not an image" in driver.find_element(By.ID, "status").text
+
+
+def test_a_pasted_image_is_searched_and_each_result_links_to_its_photo(driver, server_url, sample_photos, searcher):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(server_url + "/")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "stats"), "photos indexed"))
+    query = sample_photos[7]
+    photo_id = next(i for i, p in searcher.photos([int(i) for i in searcher.fresh_vectors().ids()]).items() if p.path == str(query))
+    # What the clipboard holds after copying an image: a file named image.png, no path.
+    driver.execute_async_script(
+        """const [id, done] = arguments;
+        fetch(`/images/${id}`).then(r => r.blob()).then(blob => {
+          const clipboard = new DataTransfer();
+          clipboard.items.add(new File([blob], "image.png", { type: blob.type }));
+          document.body.dispatchEvent(new ClipboardEvent("paste", { clipboardData: clipboard, bubbles: true }));
+          done();
+        });""",
+        photo_id,
+    )
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "results for pasted image"))
+    first = driver.find_elements(By.CSS_SELECTOR, ".hit")[0]
+    assert first.get_attribute("title") == str(query)
+    link = first.find_element(By.CSS_SELECTOR, ".open")
+    assert link.get_attribute("href") == f"{server_url}/images/{photo_id}" and link.get_attribute("target") == "_blank"
+
+    # Pasting text (an image's address, say) says what to do instead, and keeps the results.
+    driver.execute_script(
+        """const clipboard = new DataTransfer();
+        clipboard.setData("text/plain", "https://example.com/photo.jpg");
+        document.body.dispatchEvent(new ClipboardEvent("paste", { clipboardData: clipboard, bubbles: true }));"""
+    )
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "copy an image"))
+    assert driver.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query)
