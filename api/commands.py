@@ -10,7 +10,7 @@ import typer
 
 from api.indexing_commands import index as index_command
 from api.options import DatabaseOpt, DeviceOpt, IndexOpt, JsonOpt, app, fail, load_settings
-from indexer.errors import DiffsearchError
+from indexer.errors import DiffsearchError, InvalidImageError
 from indexer.storage import display_location
 from searcher.dedup_rule import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_MATCH_WEIGHT, DEFAULT_THRESHOLD, VECTORS_ONLY
 
@@ -24,7 +24,7 @@ def _echo_list(items: list) -> None:
 
 @app.command()
 def query(
-    image: Annotated[Path, typer.Argument(help="The query photo")],
+    images: Annotated[list[Path], typer.Argument(help="The query photo, or several: the model loads once for all of them")],
     k: Annotated[int, typer.Option("-k", help="How many results")] = 10,
     max_distance: Annotated[Optional[float], typer.Option(help="Drop results farther than this")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
@@ -36,16 +36,47 @@ def query(
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Find the photos most similar to IMAGE."""
+    """Find the photos most similar to IMAGE (or to each of several).
+
+    With several, each query's results follow a `query N/M: PATH` line (--json: one object per
+    query under `queries`); a photo that cannot be read is named on stderr and skipped, the others
+    are answered, and the exit status is 1 (2 when none could be read)."""
     from searcher.searcher import Searcher
 
     settings = load_settings(index_dir=index_dir, database=database, device=device, mirror_queries=mirror, rerank=rerank, expand=expand)
+    answered: list[tuple[int, Path, list]] = []  # (its number among the images, the image, its results)
+    skipped: list[InvalidImageError] = []
     try:
         with Searcher.from_settings(settings) as searcher:
-            results = searcher.query(image, k, max_distance, path_prefix)
+            for n, image in enumerate(images, 1):
+                try:
+                    answered.append((n, image, searcher.query(image, k, max_distance, path_prefix)))
+                except InvalidImageError as exc:
+                    if len(images) == 1:
+                        raise
+                    skipped.append(exc)
+                    typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
     except DiffsearchError as exc:
         fail(exc)
         return
+    if len(images) == 1:
+        _echo_results(answered[0][2], as_json)
+        return
+    if as_json:
+        queries = [{"query": str(image), "data": [r.model_dump(mode="json") for r in results], "count": len(results)} for _, image, results in answered]
+        failed = [{"path": exc.source, "reason": exc.reason} for exc in skipped]
+        typer.echo(json.dumps({"queries": queries, "count": len(queries), "failed": failed}, indent=2))
+    else:
+        for n, image, results in answered:
+            typer.echo(f"{'' if n == answered[0][0] else chr(10)}query {n}/{len(images)}: {image}")
+            _echo_results(results, False)
+    if skipped:
+        typer.secho(f"{len(skipped)} of {len(images)} query photos could not be read", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(2 if not answered else 1)
+
+
+def _echo_results(results: list, as_json: bool) -> None:
+    """One query's results: the API's {data, count} JSON, or a table (rank, distance, match, path)."""
     if as_json:
         _echo_list(results)
         return

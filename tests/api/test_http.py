@@ -107,6 +107,25 @@ def test_http_cli_and_python_agree(client, searcher, sample_index, sample_photos
     assert python_ids == http_ids == cli_ids
 
 
+def test_several_query_photos_in_one_cli_run_each_as_alone_and_a_bad_one_is_skipped(searcher, sample_index, sample_photos):
+    queries = [sample_photos[3], ROOT / "README.md", sample_photos[50], ROOT / "data" / "samples" / "nope.jpg"]
+    cli = run_cli("query", *map(str, queries), "-k", "4", "--json", "--index", str(sample_index))
+    assert cli.returncode == 1, cli.stderr  # some answered, some not
+    out = json.loads(cli.stdout)
+    assert [q["query"] for q in out["queries"]] == [str(sample_photos[3]), str(sample_photos[50])]
+    for q in out["queries"]:
+        assert [r["id"] for r in q["data"]] == [r.id for r in searcher.query(q["query"], k=4)] and q["count"] == 4
+    assert [(f["path"], f["reason"]) for f in out["failed"]] == [(str(queries[1]), "not an image (unrecognised format)"), (str(queries[3]), "file not found")]
+    assert "skipped: " in cli.stderr and "2 of 4 query photos could not be read" in cli.stderr
+
+    table = run_cli("query", str(sample_photos[3]), str(queries[1]), str(sample_photos[50]), "-k", "2", "--index", str(sample_index))
+    lines = table.stdout.splitlines()
+    assert table.returncode == 1 and lines[0] == f"query 1/3: {sample_photos[3]}" and f"query 3/3: {sample_photos[50]}" in lines
+    assert lines[1].split()[-1] == str(sample_photos[3])  # each photo finds itself first
+    none = run_cli("query", str(queries[1]), str(queries[3]), "--index", str(sample_index))
+    assert none.returncode == 2 and "2 of 2" in none.stderr
+
+
 def test_a_mirrored_upload_finds_its_original_unless_mirror_is_off_everywhere(client, searcher, sample_index, sample_photos):
     import io
 
