@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,7 +26,7 @@ def _echo_list(items: list) -> None:
 
 @app.command()
 def query(
-    images: Annotated[list[Path], typer.Argument(help="The query photo, or several: the model loads once for all of them")],
+    images: Annotated[list[Path], typer.Argument(help="The query photo, or several: the model loads once for all of them; - reads one from standard input")],
     k: Annotated[int, typer.Option("-k", help="How many results")] = 10,
     max_distance: Annotated[Optional[float], typer.Option(help="Drop results farther than this")] = None,
     path_prefix: Annotated[Optional[str], typer.Option(help="Only photos under this folder")] = None,
@@ -50,7 +52,8 @@ def query(
         with Searcher.from_settings(settings) as searcher:
             for n, image in enumerate(images, 1):
                 try:
-                    answered.append((n, image, searcher.query(image, k, max_distance, path_prefix)))
+                    source = _stdin_photo() if str(image) == "-" else image
+                    answered.append((n, image, searcher.query(source, k, max_distance, path_prefix)))
                 except InvalidImageError as exc:
                     if len(images) == 1:
                         raise
@@ -73,6 +76,13 @@ def query(
     if skipped:
         typer.secho(f"{len(skipped)} of {len(images)} query photos could not be read", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(2 if not answered else 1)
+
+
+def _stdin_photo() -> io.BytesIO:
+    """The photo piped to standard input (`xclip -o -t image/png | diffsearch query -`), named so in errors."""
+    photo = io.BytesIO(sys.stdin.buffer.read())
+    photo.name = "standard input"
+    return photo
 
 
 def _echo_results(results: list, as_json: bool) -> None:
