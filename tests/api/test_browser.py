@@ -135,3 +135,22 @@ def test_a_pasted_image_is_searched_and_each_result_links_to_its_photo(driver, s
     )
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "copy an image"))
     assert driver.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query)
+
+
+def test_a_heic_upload_is_searched_without_a_broken_preview(driver, server_url, sample_photos, tmp_path):
+    import pillow_heif
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pillow_heif.register_heif_opener()
+    query = sample_photos[20]
+    heic = tmp_path / "iphone.heic"
+    Image.open(query).save(heic)
+    driver.get(server_url + "/")
+    driver.find_element(By.ID, "file").send_keys(str(heic))
+    wait = WebDriverWait(driver, 60)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "results for iphone.heic"))
+    assert driver.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query)
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#query img"))  # the browser cannot show HEIC: no broken icon
