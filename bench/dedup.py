@@ -59,8 +59,8 @@ SCENARIOS = {"one copy each": 1, "1-5 copies each": (1, 1, 1, 2, 3, 5)}
 
 
 def features(searcher: Searcher, gallery: list[Path], picked: np.ndarray, seed: int, cache: Path) -> dict:
-    """Vectors, kept latents and re-ranking templates of every gallery photo (from the index) and
-    every edited copy (embedded here); cached per model fingerprint."""
+    """Vectors and kept latents of every gallery photo (from the index) and every edited copy
+    (embedded here); cached per model fingerprint. (Dedup's templates come from the latents.)"""
     if cache.exists():
         cached = pickle.loads(cache.read_bytes())
         if cached["fingerprint"] == searcher.embedder.fingerprint and np.array_equal(cached["picked"], picked):
@@ -79,10 +79,7 @@ def features(searcher: Searcher, gallery: list[Path], picked: np.ndarray, seed: 
         frames, _ = searcher._embed_frames(copies[start : start + 16], False)
         vectors += list(frames.vectors)
         latents += frames.latents
-    templates = []
-    for image, latent in tqdm(zip(list(gallery) + copies, latents, strict=True), total=len(latents), desc="templates", unit="photo"):
-        templates.append([t.half() for t in searcher.templates(image, latent)])
-    out = {"fingerprint": searcher.embedder.fingerprint, "picked": picked, "vectors": np.vstack(vectors), "latents": latents, "templates": templates}
+    out = {"fingerprint": searcher.embedder.fingerprint, "picked": picked, "vectors": np.vstack(vectors), "latents": latents}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps(out))
     return out
@@ -94,7 +91,7 @@ def neighbour_lists(searcher: Searcher, f: dict, rows: np.ndarray, k: int) -> tu
     neighbours, distances = nearest(x, k)
     latents = [torch.from_numpy(f["latents"][r].astype(np.float32)) for r in rows]
     mean = torch.cat([latent.flatten(1) for latent in latents], 1).mean(1)
-    matches = pair_matches(neighbours, lambda a: [t.float() for t in f["templates"][rows[a]]], lambda found: {b: latents[b] for b in found}, mean)
+    matches = pair_matches(neighbours, lambda a: searcher.embedder.latent_templates(f["latents"][rows[a]]), lambda found: {b: latents[b] for b in found}, mean)
     return neighbours, distances, matches
 
 
@@ -160,7 +157,7 @@ def found_per_edit(lists: Lists, truth: np.ndarray, edit: np.ndarray, candidate:
 def sample_groups(searcher_for, candidates: list[Candidate]) -> dict[Candidate, int]:
     """How many of the bundled samples each candidate puts in groups (the real index, and
     find_duplicates' own neighbour lists and matches)."""
-    from searcher.dedup import PhotoTemplates, latent_mean, latents_by_row, nearest_neighbours
+    from searcher.dedup import latent_mean, latents_by_row, nearest_neighbours, templates_by_row
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(index_dir=Path(tmp) / "index")
@@ -168,7 +165,7 @@ def sample_groups(searcher_for, candidates: list[Candidate]) -> dict[Candidate, 
         searcher = searcher_for(settings.index_dir)
         ids = np.asarray(searcher.fresh_vectors().ids(), dtype=np.int64)
         _, neighbours, distances = nearest_neighbours(searcher, ids, max(c[0].neighbours for c in candidates) + 2)
-        matches = pair_matches(neighbours, PhotoTemplates(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
+        matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
         grouped = {c: sum(len(g) for g in groups_of(neighbours, distances, matches, *c)) for c in candidates}
         shipped = groups_of(neighbours, distances, matches, DedupRule(), ALSO_BY_VECTORS)
         assert sum(map(len, shipped)) == sum(len(g.photos) for g in find_duplicates(searcher))  # the product's own numbers

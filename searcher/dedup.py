@@ -18,8 +18,9 @@ rule (ALSO_BY_VECTORS) adds its links on the plain distances. The rule has two p
   groups of several copies through (the jump after the last copy counts, not after the first).
 
 The gap test needs a crowd to compare with: with fewer than `neighbours` + 2 photos only the
-threshold applies. Verification reads every photo's file once more (its centre square at two
-smaller zooms is encoded: ~45 ms a photo in all on 2 cores); `match_weight` 0 skips it, and an index
+threshold applies. Verification reads no file: each photo's templates come from its kept latent
+(`Embedder.latent_templates`), so moved or deleted photos are verified too; `match_weight` 0 skips
+it, and an index
 without kept latents (a pixel-space model, or one indexed before latents were kept) cannot have it:
 both use the vectors-only rule (`VECTORS_ONLY`), calibrated for plain distances. Calibration:
 bench/dedup.py (bench/results/dedup.md).
@@ -28,6 +29,7 @@ bench/dedup.py (bench/results/dedup.md).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -37,7 +39,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from indexer.errors import InvalidImageError
 from indexer.storage import VectorIndex
 from indexer.storage.rows import Photo, PhotoLatent, read_latents
 from searcher.dedup_rule import ALSO_BY_VECTORS, DedupRule, default_rule, duplicate_groups
@@ -95,10 +96,7 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2, store)
     matches = None
     if rule.match_weight and mean is not None:
-        templates = PhotoTemplates(searcher, ids)
-        matches = pair_matches(neighbours, templates, lambda rows: latents_by_row(searcher, ids, rows), mean)
-        if templates.unreadable:
-            logger.warning("dedup: %d photo(s) could not be read again; each was verified with its kept latent alone", templates.unreadable)
+        matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), mean)
     groups = []
     for rows in groups_of(neighbours, distances, matches, rule, ALSO_BY_VECTORS):
         photos_by_id = searcher.photos([int(ids[r]) for r in rows])
@@ -190,22 +188,11 @@ def latents_by_row(searcher: Searcher, ids: npt.NDArray[np.int64], rows: list[in
     return {r: torch.from_numpy(found[int(ids[r])].astype(np.float32)) for r in rows}
 
 
-class PhotoTemplates:
-    """A row's re-ranking templates, as search makes a query's: the centre of its kept latent, and
-    its file's centre square encoded at the smaller zooms. A file that can no longer be read (moved,
-    deleted, damaged since indexing) gives the kept latent's template alone, and is counted."""
+def templates_by_row(searcher: Searcher, ids: npt.NDArray[np.int64]) -> Callable[[int], list[torch.Tensor]]:
+    """A row's verification templates, from its kept latent alone (`Embedder.latent_templates`):
+    no file is read, so photos moved or deleted since indexing are verified like the rest."""
 
-    def __init__(self, searcher: Searcher, ids: npt.NDArray[np.int64]) -> None:
-        self.searcher, self.ids = searcher, ids
-        self.paths = {i: p.path for i, p in searcher.photos([int(i) for i in ids]).items()}
-        self.unreadable = 0
+    def templates(row: int) -> list[torch.Tensor]:
+        return searcher.embedder.latent_templates(latents_by_row(searcher, ids, [row])[row].numpy())
 
-    def __call__(self, row: int) -> list[torch.Tensor]:
-        photo_id = int(self.ids[row])
-        latent = latents_by_row(self.searcher, self.ids, [row])[row].numpy()
-        try:
-            return self.searcher.templates(self.paths[photo_id], latent)
-        except (InvalidImageError, KeyError) as exc:
-            self.unreadable += 1
-            logger.warning("dedup: %s; verifying photo %d with its kept latent alone", exc, photo_id)
-            return [self.searcher.embedder.query_template(latent)]
+    return templates

@@ -2,8 +2,8 @@
 
 Search re-ranks a query's short list by where the query's templates match in each photo's kept latent
 (searcher.rerank); dedup asks the same of every photo and its nearest neighbours. Each photo's
-templates (its kept latent's centre square, and its centre square encoded at the smaller zooms, each
-mirrored too) slide over the latents of its neighbours and of the photos that list it as a neighbour.
+templates (its kept latent's centre square, and that square shrunk to the smaller zooms, each
+mirrored too: `Embedder.latent_templates`) slide over the latents of its neighbours and of the photos that list it as a neighbour.
 A pair's match is the better of its two directions: a crop is found inside its original, not the
 original inside the crop, whichever of the two is listed first. Every score is centred by one mean
 latent cell (the whole index's), so a pair scores the same whatever else is listed beside it.

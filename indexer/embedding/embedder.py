@@ -184,15 +184,26 @@ class Embedder:
         the query's own frame latent (`query_template`): no encoding of its own. Borders are
         trimmed once for every scale."""
         trimmed = trim_borders(load_image(image)[0], self.config.trims)
-        out = []
-        for scale in TEMPLATE_SCALES[1:]:
-            size = max(self.model.downscale, round(self.config.image_size * scale / self.model.downscale) * self.model.downscale)
-            out.append(to_tensor([crop_for_embedding(trimmed, size, trim=0)])[0])
-        return out
+        sizes = [cells * self.model.downscale for cells in self._template_cells()]
+        return [to_tensor([crop_for_embedding(trimmed, size, trim=0)])[0] for size in sizes]
 
     def query_template(self, frame_latent: Latent) -> torch.Tensor:
         """The scale-1 template: the centre image_size square of a query's frame latent."""
         return centre_window(torch.from_numpy(frame_latent.astype(np.float32)), self.config.image_size // self.model.downscale)
+
+    def latent_templates(self, frame_latent: Latent) -> list[torch.Tensor]:
+        """A photo's templates from its kept frame latent alone, no file read and nothing encoded:
+        the scale-1 template and it shrunk (bilinear, antialiased) to each smaller scale's side.
+        Close to encoding the photo at those zooms (`template_pixels`): on Caltech test as searched,
+        edited copies found first 0.985 against 0.984, class P@1 0.730 against 0.742
+        (runs/light/template_source.py, 2026-11-29). Dedup uses them: it can then verify every pair
+        without the photos' files, about 3x faster."""
+        centre = self.query_template(frame_latent)
+        return [centre, *(torch.nn.functional.interpolate(centre[None], size=(c, c), mode="bilinear", antialias=True)[0] for c in self._template_cells())]
+
+    def _template_cells(self) -> list[int]:
+        """The side, in latent cells, of the template at each of TEMPLATE_SCALES below 1."""
+        return [max(1, round(self.config.image_size * scale / self.model.downscale)) for scale in TEMPLATE_SCALES[1:]]
 
     @torch.no_grad()
     def encode_each(self, pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
