@@ -100,7 +100,7 @@ def dedup(
     threshold: Annotated[Optional[float], typer.Option(help=f"distance under which two photos are always duplicates (default {DEFAULT_THRESHOLD:.2f} verified, {VECTORS_ONLY.threshold:.2f} vectors alone)")] = None,
     gap: Annotated[Optional[float], typer.Option(help=f"also a photo's nearest photos before a jump d_j <= gap * d_(j+1), for heavier edits; 0: the threshold alone (default {DEFAULT_GAP:.2f} verified, {VECTORS_ONLY.gap:.2f} vectors alone)")] = None,
     cap: Annotated[Optional[float], typer.Option(help=f"the gap test never links photos further apart than this (default {DEFAULT_CAP:.2f} verified, {VECTORS_ONLY.cap:.2f} vectors alone)")] = None,
-    match_weight: Annotated[Optional[float], typer.Option(help=f"verify each pair spatially (reads every photo again): distances become sqrt(d^2 + weight x (1 - match)); 0: vectors alone, faster (default {DEFAULT_MATCH_WEIGHT:.2f}; vectors alone where the index keeps no latents)")] = None,
+    match_weight: Annotated[Optional[float], typer.Option(help=f"verify each pair spatially (the kept latents match; no file is read): distances become sqrt(d^2 + weight x (1 - match)); 0: vectors alone, faster (default {DEFAULT_MATCH_WEIGHT:.2f}; vectors alone where the index keeps no latents)")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     as_json: JsonOpt = False,

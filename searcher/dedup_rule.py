@@ -15,8 +15,9 @@ from indexer.errors import ConfigError
 # Verified distances (searcher.verification) of the bundled model's instance dims. Chosen on
 # bench/dedup.py (Caltech test photos with edited copies added; one half of the originals chooses,
 # the other half reports): the most recall at pair precision >= 0.85 with one copy each and with
-# 1-5, keeping the 64 bundled samples free of groups. Reported half, alone: 0.855 / 0.595 (one
-# copy), 0.924 / 0.539 (1-5 copies); with ALSO_BY_VECTORS' links 0.855 / 0.617, 0.926 / 0.577; the
+# 1-5, keeping the 64 bundled samples free of groups. Chosen again when verification's templates
+# came from the kept latents (Embedder.latent_templates). Reported half, alone: 0.846 / 0.660 (one
+# copy), 0.931 / 0.602 (1-5 copies); with ALSO_BY_VECTORS' links 0.848 / 0.666, 0.933 / 0.626; the
 # best vectors-only rule by the same test 0.857 / 0.405 and 0.953 / 0.478 (bench/results/dedup.md).
 # Weights 1, 3 and 4 did worse; 2 is search's MATCH_WEIGHT.
 DEFAULT_THRESHOLD = 0.26
@@ -87,14 +88,14 @@ def duplicate_groups(
 
 
 # The rule for plain distances (no verification), as shipped before verification: pair precision /
-# recall 0.749 / 0.512 with one edited copy each, 0.904 / 0.595 with 1-5 (bench/results/dedup.md).
+# recall 0.748 / 0.509 with one edited copy each, 0.903 / 0.593 with 1-5 (bench/results/dedup.md).
 VECTORS_ONLY = DedupRule(threshold=0.20, gap=0.70, cap=0.60, match_weight=0.0)
 
 # Links a verifying rule adds from a strict gap test on the plain distances: tilted and covered
 # copies match their original less well (their template is turned or hidden) but stay very close by
 # vectors. Chosen after the verified rule by the same bench and test (precision >= 0.85 on the
-# choosing halves): reported, one copy 0.855 / 0.595 -> 0.855 / 0.617, 1-5 copies 0.924 / 0.539 ->
-# 0.926 / 0.577; tilts grouped 0.38 -> 0.62, banners 0.59 -> 0.76.
+# choosing halves; chosen again with the kept-latent templates): reported, one copy 0.846 / 0.660
+# -> 0.848 / 0.666, 1-5 copies 0.931 / 0.602 -> 0.933 / 0.626; banners grouped 0.71 -> 0.82.
 ALSO_BY_VECTORS = DedupRule(threshold=0.10, gap=0.50, cap=0.40, match_weight=0.0)
 
 
