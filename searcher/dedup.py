@@ -19,10 +19,9 @@ rule (ALSO_BY_VECTORS) adds its links on the plain distances. The rule has two p
 
 The gap test needs a crowd to compare with: with fewer than `neighbours` + 2 photos only the
 threshold applies. Verification reads no file: each photo's templates come from its kept latent
-(`Embedder.latent_templates`), so moved or deleted photos are verified too; `match_weight` 0 skips
-it, and an index
-without kept latents (a pixel-space model, or one indexed before latents were kept) cannot have it:
-both use the vectors-only rule (`VECTORS_ONLY`), calibrated for plain distances. Calibration:
+(`Embedder.latent_templates`), so moved or deleted photos are verified too. `match_weight` 0 skips
+it, and an index without kept latents (a pixel-space model, or one indexed before latents were
+kept) cannot have it: both use the vectors-only rule (`VECTORS_ONLY`), calibrated for plain distances. Calibration:
 bench/dedup.py (bench/results/dedup.md).
 """
 
