@@ -101,6 +101,7 @@ def dedup(
     gap: Annotated[Optional[float], typer.Option(help=f"also a photo's nearest photos before a jump d_j <= gap * d_(j+1), for heavier edits; 0: the threshold alone (default {DEFAULT_GAP:.2f} verified, {VECTORS_ONLY.gap:.2f} vectors alone)")] = None,
     cap: Annotated[Optional[float], typer.Option(help=f"the gap test never links photos further apart than this (default {DEFAULT_CAP:.2f} verified, {VECTORS_ONLY.cap:.2f} vectors alone)")] = None,
     match_weight: Annotated[Optional[float], typer.Option(help=f"verify each pair spatially (the kept latents match; no file is read): distances become sqrt(d^2 + weight x (1 - match)); 0: vectors alone, faster (default {DEFAULT_MATCH_WEIGHT:.2f}; vectors alone where the index keeps no latents)")] = None,
+    path_prefix: Annotated[Optional[str], typer.Option(help="Only photos whose path starts with this (a folder): duplicates among them, in a fraction of the time")] = None,
     index_dir: IndexOpt = None,
     database: DatabaseOpt = None,
     as_json: JsonOpt = False,
@@ -114,7 +115,7 @@ def dedup(
     try:
         with Searcher(settings.location, settings.runtime_options()) as searcher:
             rule = default_rule(can_verify(searcher), threshold=threshold, gap=gap, cap=cap, match_weight=match_weight)
-            groups = find_duplicates(searcher, rule)
+            groups = find_duplicates(searcher, rule, path_prefix)
     except DiffsearchError as exc:
         fail(exc)
         return

@@ -42,7 +42,7 @@ from indexer.storage import VectorIndex
 from indexer.storage.rows import Photo, PhotoLatent, read_latents
 from searcher.dedup_rule import ALSO_BY_VECTORS, DedupRule, default_rule, duplicate_groups
 from searcher.results import DuplicateGroup, SearchResult
-from searcher.searcher import Searcher
+from searcher.searcher import Searcher, normalise_prefix
 from searcher.verification import pair_matches, sorted_rows, verified_distances
 
 logger = logging.getLogger(__name__)
@@ -53,14 +53,15 @@ def groups_of(
     matches: npt.NDArray[np.floating] | None,
     rule: DedupRule,
     also: DedupRule | None = None,
+    within: npt.NDArray[np.bool_] | None = None,
 ) -> list[list[int]]:
     """Dedup's groups from its neighbour lists (rows ascending by distance). With `matches` and a
     verifying rule, its links on the verified distances (re-sorted) and `also`'s on the plain ones;
-    otherwise the rule's on the plain distances."""
+    otherwise the rule's on the plain distances. `within`: only links between these rows count."""
     if matches is None or not rule.match_weight:
-        return duplicate_groups(neighbours, distances, rule)
+        return duplicate_groups(neighbours, distances, rule, within=within)
     verified = sorted_rows(neighbours, verified_distances(distances, matches, rule.match_weight))
-    return duplicate_groups(*verified, rule, *([(neighbours, distances, also)] if also else []))
+    return duplicate_groups(*verified, rule, *([(neighbours, distances, also)] if also else []), within=within)
 
 
 def can_verify(searcher: Searcher) -> bool:
@@ -73,7 +74,7 @@ def can_verify(searcher: Searcher) -> bool:
     return photos > 0 and latents >= photos
 
 
-def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[DuplicateGroup]:
+def find_duplicates(searcher: Searcher, rule: DedupRule | None = None, path_prefix: str | None = None) -> list[DuplicateGroup]:
     """Groups of near-duplicate photos in the index, largest group first.
 
     Where the model's projection names the dims trained to tell photos apart (`instance_dims`: the
@@ -83,21 +84,25 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     what search wants and dedup must not see. Otherwise the index's own vectors are searched.
     Then each photo's neighbours are verified spatially where the index allows, and the links of
     ALSO_BY_VECTORS on plain distances are added (the module docstring). `rule` None:
-    `default_rule` for this index."""
+    `default_rule` for this index. `path_prefix`: only photos whose path starts with it (as search's
+    filter), judged as in the whole index (their nearest photos are found among all, so the gap
+    test has its crowd) and grouped only with each other: the groups the whole index would give,
+    less the links to photos elsewhere, in the time those photos take."""
     store = searcher.fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
-    if len(ids) < 2:
+    within = None if path_prefix is None else np.isin(ids, photos_under(searcher, ids, path_prefix))
+    if len(ids) < 2 or (within is not None and within.sum() < 2):
         return []
     mean = latent_mean(searcher, ids) if rule is None or rule.match_weight else None
     rule = rule or default_rule(mean is not None)
     if rule.match_weight and mean is None:
         logger.warning("dedup: some photos have no kept latent (a pixel-space model, or photos indexed before latents were kept); comparing vectors alone")
-    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2, store)
+    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2, store, within)
     matches = None
     if rule.match_weight and mean is not None:
         matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), mean)
     groups = []
-    for rows in groups_of(neighbours, distances, matches, rule, ALSO_BY_VECTORS):
+    for rows in groups_of(neighbours, distances, matches, rule, ALSO_BY_VECTORS, within):
         photos_by_id = searcher.photos([int(ids[r]) for r in rows])
         rows = sorted((r for r in rows if int(ids[r]) in photos_by_id), key=lambda r: keep_order(photos_by_id[int(ids[r])]))
         if len(rows) < 2:
@@ -109,6 +114,14 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None) -> list[D
     return sorted(groups, key=lambda g: (-len(g.photos), g.photos[0].id))
 
 
+def photos_under(searcher: Searcher, ids: npt.NDArray[np.int64], path_prefix: str) -> npt.NDArray[np.int64]:
+    """The `ids` whose photo's path starts with `path_prefix` (made absolute as search makes it)."""
+    prefix = normalise_prefix(path_prefix) or ""
+    with Session(searcher.index.engine) as session:
+        under = np.fromiter(session.scalars(select(Photo.id).where(Photo.path.startswith(prefix, autoescape=True))), dtype=np.int64)
+    return ids[np.isin(ids, under)]
+
+
 def keep_order(photo: Photo) -> tuple[int, float, int, int]:
     """Sort key of a group's copies, the one to keep first: the most pixels (resized copies and
     crops lose), then the oldest file (a copy is made after its original; a PNG saved from a JPEG
@@ -118,10 +131,13 @@ def keep_order(photo: Photo) -> tuple[int, float, int, int]:
     return (-photo.width * photo.height, photo.mtime, -photo.size, photo.id)
 
 
-def nearest_neighbours(searcher: Searcher, ids: npt.NDArray[np.int64], k: int, store: VectorIndex | None = None):  # noqa: ANN201 - a vector getter and two arrays
+def nearest_neighbours(  # noqa: ANN201 - a vector getter and two arrays
+    searcher: Searcher, ids: npt.NDArray[np.int64], k: int, store: VectorIndex | None = None, only: npt.NDArray[np.bool_] | None = None
+):
     """(vector_of(row), neighbours, distances): each row's k - 1 nearest other rows and their
     Euclidean distances, ascending (-1 and inf pad short rows), on the dims dedup compares.
-    `store`: the vectors `ids` were read from (None: the index's, read afresh)."""
+    `store`: the vectors `ids` were read from (None: the index's, read afresh). `only`: the rows
+    whose lists are wanted (the others stay padded); None: every row."""
     store = searcher.fresh_vectors() if store is None else store
     projection = searcher.embedder.projection
     k = min(k, len(ids))  # the photo itself, its neighbours, one more for the gap
@@ -152,8 +168,9 @@ def nearest_neighbours(searcher: Searcher, ids: npt.NDArray[np.int64], k: int, s
 
     neighbours = np.full((len(ids), k - 1), -1, dtype=np.int64)
     distances = np.full((len(ids), k - 1), np.inf)
-    for start in tqdm(range(0, len(ids), 256), desc="dedup", unit="block", leave=False):
-        block = np.arange(start, min(start + 256, len(ids)))
+    todo = np.arange(len(ids)) if only is None else np.nonzero(only)[0]
+    for start in tqdm(range(0, len(todo), 256), desc="dedup", unit="block", leave=False):
+        block = todo[start : start + 256]
         d2, found = search_rows(block)
         for a, row_d2, row_found in zip(block, d2, found):
             others = [(float(np.sqrt(max(d, 0.0))), int(b)) for d, b in zip(row_d2, row_found) if b >= 0 and b != a][: k - 1]

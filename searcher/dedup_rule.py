@@ -62,12 +62,18 @@ class DedupRule:
 
 
 def duplicate_groups(
-    neighbours: npt.NDArray[np.int64], distances: npt.NDArray[np.floating], rule: DedupRule, *more: tuple[npt.NDArray[np.int64], npt.NDArray[np.floating], DedupRule]
+    neighbours: npt.NDArray[np.int64],
+    distances: npt.NDArray[np.floating],
+    rule: DedupRule,
+    *more: tuple[npt.NDArray[np.int64], npt.NDArray[np.floating], DedupRule],
+    within: npt.NDArray[np.bool_] | None = None,
 ) -> list[list[int]]:
     """Connected components (2+ members, as row numbers) of the rule's links, and of each further
     (neighbours, distances, rule)'s links.
 
-    `neighbours[i]`, `distances[i]`: row i's nearest other rows, ascending (-1 pads a short row)."""
+    `neighbours[i]`, `distances[i]`: row i's nearest other rows, ascending (-1 pads a short row).
+    `within`: only links between two of these rows count (the rule still reads every neighbour:
+    a photo elsewhere is part of the crowd the gap test compares with)."""
     parent = list(range(len(neighbours)))
 
     def root(i: int) -> int:
@@ -80,7 +86,8 @@ def duplicate_groups(
         for a, (row_ids, row_d) in enumerate(zip(source_neighbours, source_distances)):
             valid = row_ids >= 0
             for b in row_ids[valid][: source_rule.duplicates(row_d[valid])]:
-                parent[root(a)] = root(int(b))
+                if within is None or (within[a] and within[int(b)]):
+                    parent[root(a)] = root(int(b))
     members: dict[int, list[int]] = {}
     for i in range(len(parent)):
         members.setdefault(root(i), []).append(i)

@@ -230,7 +230,7 @@ class Searcher:
             raise ConfigError(f"max_distance must be >= 0, got {max_distance}")
         store = self.fresh_vectors()
         self._check_vectors_present()
-        prefix = _normalise_prefix(path_prefix)
+        prefix = normalise_prefix(path_prefix)
         out = []
         for vector in vectors:
             if store.filters_natively:  # the store applies the prefix inside its search
@@ -317,7 +317,8 @@ def _checked_count(name: str, value: int) -> int:
     return value
 
 
-def _normalise_prefix(prefix: str | None) -> str | None:
+def normalise_prefix(prefix: str | None) -> str | None:
+    """A path filter as given (absolute) or made absolute from the working folder; None for none."""
     if not prefix:
         return None
     return str(Path(prefix).expanduser().absolute()) if not prefix.startswith("/") else prefix

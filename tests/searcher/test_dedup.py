@@ -55,6 +55,9 @@ def test_groups_are_connected_components_of_the_links():
     d = np.array([[0.1, 0.9, 0.95], [0.1, 0.15, 0.9], [0.15, 0.9, 0.95], [0.9, 0.95, 0.95]])
     ids = np.array([[1, 2, 3], [0, 2, 3], [1, 0, 3], [0, 1, 2]])
     assert sorted(map(sorted, duplicate_groups(ids, d, DedupRule(threshold=0.2, gap=0)))) == [[0, 1, 2]]
+    within = np.array([True, False, True, True])  # row 1 elsewhere: 0 and 2 were joined only through it
+    assert duplicate_groups(ids, d, DedupRule(threshold=0.2, gap=0), within=within) == []
+    assert duplicate_groups(ids, d, DedupRule(threshold=0.2, gap=0), within=np.array([True, True, False, True])) == [[0, 1]]
     short = np.array([[1, -1], [0, -1], [-1, -1]])  # -1 pads short rows: never a link, whatever its distance
     assert duplicate_groups(short, np.array([[0.1, 0.0], [0.1, 0.0], [0.0, 0.0]]), DedupRule(gap=0)) == [[0, 1]]
 
@@ -132,6 +135,10 @@ def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp
     assert any(len(group) >= 8 for group in names(find_duplicates(searcher, VECTORS_ONLY)))
     searcher.embedder.projection = kept
 
+    # Only some photos (a folder, or any path prefix, as search filters): duplicates among them.
+    assert names(find_duplicates(searcher, path_prefix=str(photos / "airplane"))) == [airplanes]
+    assert find_duplicates(searcher, path_prefix=str(photos / "Leopards")) == []  # the gray copy is not under it
+    assert names(find_duplicates(searcher, path_prefix=str(photos) + "/")) == [leopards, airplanes]
     # Verification reads no file: with every photo moved away since indexing, the same groups.
     for photo in photos.iterdir():
         photo.rename(tmp_path / photo.name)
