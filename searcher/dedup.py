@@ -90,7 +90,7 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None, path_pref
     less the links to photos elsewhere, in the time those photos take."""
     store = searcher.fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
-    within = None if path_prefix is None else np.isin(ids, photos_under(searcher, ids, path_prefix))
+    within = None if path_prefix is None else rows_with_prefix(searcher, ids, path_prefix)
     if len(ids) < 2 or (within is not None and within.sum() < 2):
         return []
     mean = latent_mean(searcher, ids) if rule is None or rule.match_weight else None
@@ -114,12 +114,13 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None, path_pref
     return sorted(groups, key=lambda g: (-len(g.photos), g.photos[0].id))
 
 
-def photos_under(searcher: Searcher, ids: npt.NDArray[np.int64], path_prefix: str) -> npt.NDArray[np.int64]:
-    """The `ids` whose photo's path starts with `path_prefix` (made absolute as search makes it)."""
+def rows_with_prefix(searcher: Searcher, ids: npt.NDArray[np.int64], path_prefix: str) -> npt.NDArray[np.bool_]:
+    """Which of `ids` are photos whose path starts with `path_prefix` (made absolute as search
+    makes it; a plain prefix as search's filter, not indexer.storage.rows.photos_under's folders)."""
     prefix = normalise_prefix(path_prefix) or ""
     with Session(searcher.index.engine) as session:
-        under = np.fromiter(session.scalars(select(Photo.id).where(Photo.path.startswith(prefix, autoescape=True))), dtype=np.int64)
-    return ids[np.isin(ids, under)]
+        matching = np.fromiter(session.scalars(select(Photo.id).where(Photo.path.startswith(prefix, autoescape=True))), dtype=np.int64)
+    return np.isin(ids, matching)
 
 
 def keep_order(photo: Photo) -> tuple[int, float, int, int]:
