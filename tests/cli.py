@@ -44,9 +44,11 @@ def _environment(extra: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | str = ROOT) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | str = ROOT, stdin: bytes = b""
+) -> subprocess.CompletedProcess[str]:
     """Run `diffsearch *args` here; returns what `subprocess.run(..., capture_output=True, text=True)`
-    would: the exit status, stdout and stderr."""
+    would: the exit status, stdout and stderr. `stdin`: what the command reads from standard input."""
     from api.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -61,6 +63,8 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | str = 
         stack.enter_context(_environment({"DIFFSEARCH_WORKERS": "0", **(env or {})}))
         saved_argv, sys.argv = sys.argv, ["diffsearch", *args]
         stack.callback(setattr, sys, "argv", saved_argv)
+        saved_stdin, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(stdin))
+        stack.callback(setattr, sys, "stdin", saved_stdin)
         root.addHandler(handler)
         stack.callback(root.removeHandler, handler)
         try:

@@ -6,8 +6,6 @@ commands (CI runs exactly those) and lines with a CAPITALISED placeholder (PHOTO
 `serve` is started, asked for /health and /docs, and stopped; its port is swapped for a free one.
 """
 
-import contextlib
-import io
 import os
 import re
 import shlex
@@ -55,10 +53,7 @@ def run_line(command: str, cwd) -> subprocess.CompletedProcess | None:  # noqa: 
     args = shlex.split(command)[1:]
     if "<" in args:  # standard input from a file, as the shell would give it
         at = args.index("<")
-        with open(Path(cwd) / args[at + 1], "rb") as piped, contextlib.ExitStack() as stack:
-            stack.callback(setattr, sys, "stdin", sys.stdin)
-            sys.stdin = io.TextIOWrapper(piped)
-            return run_cli(*args[:at], *args[at + 2 :], cwd=cwd)
+        return run_cli(*args[:at], *args[at + 2 :], cwd=cwd, stdin=(Path(cwd) / args[at + 1]).read_bytes())
     if args[0] != "serve":
         return run_cli(*args, cwd=cwd)
     port = free_port()

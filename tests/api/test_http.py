@@ -126,19 +126,11 @@ def test_several_query_photos_in_one_cli_run_each_as_alone_and_a_bad_one_is_skip
     assert none.returncode == 2 and "2 of 2" in none.stderr
 
 
-def test_a_query_photo_piped_to_standard_input(searcher, sample_index, sample_photos, monkeypatch):
-    import io
-    import sys
-
-    def pipe(data: bytes) -> None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-
-    pipe(sample_photos[9].read_bytes())
-    cli = run_cli("query", "-", "-k", "3", "--json", "--index", str(sample_index))
+def test_a_query_photo_piped_to_standard_input(searcher, sample_index, sample_photos):
+    cli = run_cli("query", "-", "-k", "3", "--json", "--index", str(sample_index), stdin=sample_photos[9].read_bytes())
     assert cli.returncode == 0, cli.stderr
     assert [r["id"] for r in json.loads(cli.stdout)["data"]] == [r.id for r in searcher.query(sample_photos[9], k=3)]
-    pipe(b"not a photo")
-    bad = run_cli("query", "-", "--index", str(sample_index))
+    bad = run_cli("query", "-", "--index", str(sample_index), stdin=b"not a photo")
     assert bad.returncode == 2 and "<standard input>: not an image" in bad.stderr
 
 
