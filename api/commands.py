@@ -19,9 +19,13 @@ from searcher.dedup_rule import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_MATCH_WEIGHT, 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
 
+def _listing(items: list) -> dict:
+    """A list of pydantic models as the API's {data, count} object."""
+    return {"data": [i.model_dump(mode="json") for i in items], "count": len(items)}
+
+
 def _echo_list(items: list) -> None:
-    """A list of pydantic models as the API's {data, count} JSON."""
-    typer.echo(json.dumps({"data": [i.model_dump(mode="json") for i in items], "count": len(items)}, indent=2))
+    typer.echo(json.dumps(_listing(items), indent=2))
 
 
 @app.command()
@@ -66,7 +70,7 @@ def query(
         _echo_results(answered[0][2], as_json)
         return
     if as_json:
-        queries = [{"query": str(image), "data": [r.model_dump(mode="json") for r in results], "count": len(results)} for _, image, results in answered]
+        queries = [{"query": str(image), **_listing(results)} for _, image, results in answered]
         failed = [{"path": exc.source, "reason": exc.reason} for exc in skipped]
         typer.echo(json.dumps({"queries": queries, "count": len(queries), "failed": failed}, indent=2))
     else:
