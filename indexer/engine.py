@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from indexer.embedding.config import EmbeddingConfig
 from indexer.errors import InvalidImageError
 from indexer.files import PhotoFile, content_hash
 from indexer.images import ImageInfo, crop_for_embedding, load_image, to_tensor
@@ -45,10 +46,11 @@ class Decoded:
     failure: str | None
 
 
-def decode_file(path: Path, size: int, trim: int, frame_aspect: float = 1.0) -> Decoded:
+def decode_file(path: Path, config: EmbeddingConfig) -> Decoded:
+    """Read, hash, decode and crop one photo file as `config` says (what an engine's workers do)."""
     try:
-        image, info = load_image(path)
-        pixels = to_tensor([crop_for_embedding(image, size, trim, frame_aspect=frame_aspect)])[0]
+        image, info = load_image(path, config.decode_side)
+        pixels = to_tensor([crop_for_embedding(image, config.image_size, config.trims, frame_aspect=config.frame_aspect)])[0]
         return Decoded(pixels, info, content_hash(path), None)
     except InvalidImageError as exc:
         return Decoded(None, None, "", exc.reason)

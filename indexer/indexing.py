@@ -156,8 +156,7 @@ class _Decoded(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, Decoded, float]:
         started = time.perf_counter()
-        config = self.config
-        decoded = decode_file(self.files[i].path, config.image_size, config.trims, config.frame_aspect)
+        decoded = decode_file(self.files[i].path, self.config)
         return i, decoded, time.perf_counter() - started
 
 

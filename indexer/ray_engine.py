@@ -49,15 +49,15 @@ def _import_ray() -> Any:
     return ray
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, trim: int, frame_aspect: float = 1.0) -> dict[str, Any]:
+def decode_batch(batch: dict[str, np.ndarray], config: EmbeddingConfig) -> dict[str, Any]:
     """A Ray task: read, hash, decode and crop each photo (the local engine's decode, per row).
     Whole frames travel zero-padded to the largest frame, with their own height and width."""
     n = len(batch["path"])
-    side = int(size * frame_aspect)
+    side = int(config.image_size * config.frame_aspect)
     pixels = np.zeros((n, 3, side, side), np.float32)
     out: dict[str, list[Any]] = {"hash": [], "width": [], "height": [], "format": [], "taken_at": [], "failure": [], "frame_h": [], "frame_w": []}
     for j, path in enumerate(batch["path"]):
-        decoded = decode_file(Path(path), size, trim, frame_aspect)
+        decoded = decode_file(Path(path), config)
         info = decoded.info
         frame_h, frame_w = decoded.pixels.shape[1:] if decoded.pixels is not None else (0, 0)
         if decoded.pixels is not None:
@@ -142,7 +142,7 @@ class RayEngine:
         started = time.perf_counter()
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // self.batch_size, 4 * cpus)))
         ds = ds.map_batches(
-            decode_batch, fn_kwargs={"size": config.image_size, "trim": config.trims, "frame_aspect": config.frame_aspect},
+            decode_batch, fn_kwargs={"config": config},
             batch_size=self.batch_size, batch_format="numpy", num_cpus=0.5,
         )  # fmt: skip
         ds = ds.map_batches(

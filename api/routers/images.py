@@ -74,7 +74,7 @@ def image(searcher: SearcherDep, photo_id: PhotoId) -> StreamingResponse:
 
 def _render_thumbnail(handle: IO[bytes], size: int) -> bytes:
     with handle:
-        image, _ = load_image(handle)
+        image, _ = load_image(handle, min_side=2 * size)  # a JPEG decodes reduced, as thumbnail() would
     image.thumbnail((size, size))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)

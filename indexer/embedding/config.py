@@ -31,6 +31,8 @@ PREDICTED_X0 = "x0"  # the U-Net's estimate of the clean latent at t (DDIM eq. 1
 BLOCK_PREFIXES = ("down.", "mid", "up.")
 
 DEFAULT_MODEL = "default"
+# A reduced JPEG decode keeps the shorter side at least this many times image_size (`decode_side`).
+DECODE_MARGIN = 3
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,15 @@ class EmbeddingConfig:
     # which took the default below the CLIP-sized encoder's speed). Configs saved before this
     # setting existed encoded the square, and read back so.
     frame_aspect: float = 1.25
+    # Decode a JPEG at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4, 1/8) where its shorter
+    # side stays at least DECODE_MARGIN x image_size (`decode_side`), the margin the resize keeps
+    # before its last resampling anyway (reducing_gap 3). A 12-megapixel photo then decodes and
+    # crops 2.9x faster with a tenth of the memory, and a folder of them indexes 1.55x faster
+    # (bench/decode.py, 2-core AVX2 EPYC); its vector moves from a full decode's a little further
+    # than halving the photo moves it (median 0.028 against 0.015). Photos under 768 px a side
+    # (every Caltech test photo) decode in full either way.
+    # Configs saved before this setting existed decoded in full, and read back so.
+    reduced_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 8:
@@ -123,6 +134,11 @@ class EmbeddingConfig:
         return 0 if not self.trim_borders else MAX_TRIMS if self.trim_repeat else 1
 
     @property
+    def decode_side(self) -> int:
+        """The shortest a JPEG's shorter side may be decoded at (`indexer.images.load_image`); 0: in full."""
+        return DECODE_MARGIN * self.image_size if self.reduced_decode else 0
+
+    @property
     def uses_unet(self) -> bool:
         return any(name != LATENT for name in self.blocks)
 
@@ -138,6 +154,7 @@ class EmbeddingConfig:
         values.setdefault("trim_borders", False)  # saved before the setting existed: no trimming
         values.setdefault("frame_aspect", 1.0)  # saved before the setting existed: the centre square
         values.setdefault("trim_repeat", False)  # saved before the setting existed: one trim
+        values.setdefault("reduced_decode", False)  # saved before the setting existed: decoded in full
         return cls.from_dict(values)
 
     @classmethod
@@ -168,6 +185,8 @@ class EmbeddingConfig:
             del config["frame_aspect"]  # likewise
         if not self.trim_repeat or not self.trim_borders:
             del config["trim_repeat"]  # likewise (and without trimming it changes nothing)
+        if not self.reduced_decode:
+            del config["reduced_decode"]  # likewise
         payload = json.dumps({"config": config, "model": model_fingerprint}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from indexer.errors import InvalidImageError
-from indexer.images import MAX_PIXELS, load_image, prepare, square_crop
+from indexer.images import MAX_PIXELS, crop_for_embedding, load_image, prepare, square_crop
 from tests.conftest import make_photo
 
 
@@ -29,6 +29,25 @@ def test_exif_orientation_is_applied(tmp_path):
     assert loaded.size == (20, 40)
     assert (info.width, info.height) == (20, 40)
     assert info.taken_at is not None and info.taken_at.year == 2021
+
+
+def test_a_large_jpeg_decodes_reduced_keeping_its_own_size_and_orientation(tmp_path):
+    photo = Image.open(make_photo(tmp_path / "p.png", 3, size=(2000, 1500)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 1500 wide, 2000 high
+    photo.save(tmp_path / "big.jpg", quality=92, exif=exif)
+    photo.save(tmp_path / "big.png")
+    full, full_info = load_image(tmp_path / "big.jpg")
+    reduced, info = load_image(tmp_path / "big.jpg", min_side=384)
+    assert full.size == (1500, 2000) and reduced.size == (750, 1000)  # 1/2: 1/4 would leave 375 < 384
+    assert (info.width, info.height) == (full_info.width, full_info.height) == (1500, 2000)  # the file's own size
+    assert load_image(tmp_path / "big.jpg", min_side=190)[0].size == (375, 500)  # 1/8 would leave 188 < 190
+    assert load_image(tmp_path / "big.jpg", min_side=180)[0].size == (188, 250)  # 1/8
+    assert load_image(tmp_path / "big.jpg", min_side=800)[0].size == (1500, 2000)  # no reduction keeps 800
+    assert load_image(tmp_path / "big.png", min_side=384)[0].size == (2000, 1500)  # only JPEGs decode reduced
+    # What the embedder sees hardly changes: the resize reduces to within 3x the crop anyway.
+    a, b = (np.asarray(crop_for_embedding(image, 128), dtype=np.float32) for image in (full, reduced))
+    assert np.abs(a - b).mean() < 1.0
 
 
 def test_grey_palette_and_alpha_become_rgb(tmp_path):

@@ -157,3 +157,29 @@ def test_a_searcher_used_as_a_context_closes_its_index(sample_index, default_mod
     assert handles() == before
     assert run_cli("query", str(sample_photos[0]), "-k", "3", "--index", str(sample_index)).returncode == 0
     assert handles() == before
+
+
+def test_a_large_jpeg_is_indexed_and_searched_from_one_reduced_decode(tmp_path, embedder):
+    from indexer.embedding.embedder import Embedder
+    from indexer.indexing import index_photos
+    from indexer.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter
+    big = photos / "big.jpg"
+    Image.open(sorted(SAMPLES.glob("*.jpg"))[7]).resize((2400, 1800), Image.Resampling.BICUBIC).save(big, quality=92, exif=exif)
+    for p in sorted(SAMPLES.glob("*.jpg"))[:3]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    settings = Settings.load(env={}, index_dir=tmp_path / "index", workers=0)
+    index_photos([photos], settings, embedder=embedder)
+    with Searcher(settings.index_dir, model=embedder.model) as searcher:
+        assert searcher.embedder.config.decode_side == 384  # a 1/4 decode (600 x 450) keeps 450 >= 384
+        for query in (big, big.read_bytes()):
+            first = searcher.query(query, k=2)[0]
+            assert first.path == str(big) and first.distance < 1e-3
+            assert (first.width, first.height) == (1800, 2400)  # the file's own size, turned as shown
+        stored = searcher.embed([big])[0]
+        full = Embedder(embedder.config.replace(reduced_decode=False), embedder.options, model=embedder.model).embed([big])[0]
+        assert 1e-4 < np.linalg.norm(stored - full) < 0.1  # the setting is used, and costs ~nothing
