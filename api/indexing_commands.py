@@ -29,6 +29,8 @@ def index(
     database: DatabaseOpt = None,
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Drop photos deleted from the given folders")] = True,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symlinked folders (loops are walked once)")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Leave out folders and files with this name (fnmatch pattern; repeat for more)")] = None,
+    default_excludes: Annotated[Optional[bool], typer.Option("--default-excludes/--no-default-excludes", help="Also leave out @eaDir, #recycle, $RECYCLE.BIN ... [default: on]")] = None,
     index_type: Annotated[Optional[str], typer.Option(help="FAISS index_factory string: Flat, IVF256,Flat, HNSW32, IVF256,PQ32 ...")] = None,
     model: ModelOpt = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square side the photo is cropped to")] = None,
@@ -53,6 +55,7 @@ def index(
             index_dir=index_dir, database=database, index_type=index_type, model=model, image_size=image_size, timestep=timestep,
             inversion_steps=inversion_steps, blocks=blocks, grid=grid, dtype=dtype, batch_size=batch_size,
             workers=workers, device=device, checkpoint_every=checkpoint_every, follow_symlinks=follow_symlinks or None,
+            exclude=",".join(exclude) if exclude else None, default_excludes=default_excludes,
             allow_download=allow_download, engine=engine, ray_address=ray_address,
         )  # fmt: skip
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -68,6 +71,8 @@ def index(
         f"unchanged {summary.unchanged}, skipped {summary.skipped} (known bad), failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s) -> {display_location(settings.location)}"
     )
+    if summary.excluded:
+        typer.echo(f"  {len(summary.excluded)} folder(s) or photo(s) left out by exclude patterns ({', '.join(settings.exclude_patterns)})")
     if summary.symlinks_skipped:
         typer.echo(f"  {summary.symlinks_skipped} symbolic link(s) not followed (use --follow-symlinks)")
     for path, reason in summary.failures[:20]:

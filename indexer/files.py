@@ -8,8 +8,9 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from indexer.images import IMAGE_EXTENSIONS, open_regular
@@ -17,6 +18,12 @@ from indexer.images import IMAGE_EXTENSIONS, open_regular
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
+
+# Folders that hold copies or system files, never a user's photos (matched against folder and file
+# names, as fnmatch patterns): a Synology NAS keeps every photo's thumbnails in @eaDir beside it and
+# deleted files in #recycle; Windows keeps deleted files in $RECYCLE.BIN. Indexed, each photo would
+# come back with its NAS thumbnails as near-duplicates.
+DEFAULT_EXCLUDES = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information", "lost+found", "node_modules")
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class Scan:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # folders (or roots) and why
     rejected: list[tuple[PhotoFile, str]] = field(default_factory=list)  # photo-named non-photos
     symlinks_skipped: int = 0
+    excluded: list[Path] = field(default_factory=list)  # folders and photo files an exclude pattern matched
 
     def was_read(self, path: str | Path) -> bool:
         """True when `path` lies under a listed root and under no folder that could not be read."""
@@ -64,10 +72,12 @@ def is_photo_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def scan_photos(roots: Iterable[Path], follow_symlinks: bool = False) -> Scan:
+def scan_photos(roots: Iterable[Path], follow_symlinks: bool = False, exclude: Sequence[str] = DEFAULT_EXCLUDES) -> Scan:
     """Every photo under `roots` (files or folders), absolute paths, sorted within each folder.
 
-    Hidden files and folders (names starting with '.') are skipped. Symlinked folders and files
+    Hidden files and folders (names starting with '.') are skipped, and so are folders and files
+    whose name matches a pattern of `exclude` (fnmatch, case-sensitive; a root is never excluded:
+    it was asked for). Photos indexed under them before are not "kept": they leave the index. Symlinked folders and files
     are followed only with `follow_symlinks`, and a folder reached twice (a link loop, or two
     links to one place) is walked once. FIFOs, sockets, devices and broken links that carry a
     photo's name are reported in `rejected`; they are never opened.
@@ -87,19 +97,21 @@ def scan_photos(roots: Iterable[Path], follow_symlinks: bool = False) -> Scan:
             continue
         scan.listed_roots.append(root)
         if stat.S_ISDIR(info.st_mode):
-            _walk_dir(root, follow_symlinks, seen_dirs, seen_files, scan)
+            _walk_dir(root, follow_symlinks, seen_dirs, seen_files, scan, tuple(exclude))
         elif root not in seen_files:
             seen_files.add(root)
             _add_entry(root, info, scan, explicit=True)
     return scan
 
 
-def walk_photos(roots: Iterable[Path], follow_symlinks: bool = False) -> Iterator[PhotoFile]:
+def walk_photos(roots: Iterable[Path], follow_symlinks: bool = False, exclude: Sequence[str] = DEFAULT_EXCLUDES) -> Iterator[PhotoFile]:
     """The photos of `scan_photos` (for callers that only read: training, evaluation)."""
-    yield from scan_photos(roots, follow_symlinks).files
+    yield from scan_photos(roots, follow_symlinks, exclude).files
 
 
-def _walk_dir(root: Path, follow: bool, seen_dirs: set[tuple[int, int]], seen_files: set[Path], scan: Scan) -> None:
+def _walk_dir(
+    root: Path, follow: bool, seen_dirs: set[tuple[int, int]], seen_files: set[Path], scan: Scan, exclude: tuple[str, ...]
+) -> None:
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -121,6 +133,11 @@ def _walk_dir(root: Path, follow: bool, seen_dirs: set[tuple[int, int]], seen_fi
             if entry.name.startswith("."):
                 continue
             path = Path(entry.path)
+            if any(fnmatchcase(entry.name, pattern) for pattern in exclude):
+                if is_photo_name(entry.name) or entry.is_dir(follow_symlinks=False):
+                    log.debug("%s: excluded by a pattern", path)
+                    scan.excluded.append(path)
+                continue
             try:
                 if entry.is_symlink():
                     if not os.path.exists(path):

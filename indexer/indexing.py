@@ -30,7 +30,7 @@ from tqdm import tqdm
 from indexer.embedding.config import EmbeddingConfig
 from indexer.embedding.embedder import Embedder
 from indexer.engine import Decoded, EmbedEngine, Embedded, decode_file
-from indexer.files import PhotoFile, Scan, content_hash, scan_photos
+from indexer.files import DEFAULT_EXCLUDES, PhotoFile, Scan, content_hash, scan_photos
 from indexer.workers import forked_cleanly
 from indexer.storage import IndexSettings, PhotoIndex
 from indexer.settings import Settings
@@ -52,6 +52,7 @@ class IndexSummary:
     missing_roots: list[str] = field(default_factory=list)
     unreadable_folders: list[str] = field(default_factory=list)
     symlinks_skipped: int = 0
+    excluded: list[str] = field(default_factory=list)  # folders and photo files an exclude pattern left out
     seconds: float = 0.0
     embedded_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -192,14 +193,17 @@ class IndexRun:
         self.checkpoint_every, self.checkpoint_seconds = checkpoint_every, checkpoint_seconds
         self.worker_closes = tuple(fd for fd in [getattr(lock, "fileno", None)] if fd is not None)
 
-    def run(self, roots: Sequence[Path], prune: bool = True, follow_symlinks: bool = False) -> IndexSummary:
+    def run(
+        self, roots: Sequence[Path], prune: bool = True, follow_symlinks: bool = False, exclude: Sequence[str] = DEFAULT_EXCLUDES
+    ) -> IndexSummary:
         started = time.perf_counter()
         summary = IndexSummary()
         stages_before = dict(self.embedder.stage_seconds)  # the embedder may have run before
         self.index.reconcile()
         roots = [Path(r).expanduser().absolute() for r in roots]
         log.info("scanning %s", ", ".join(map(str, roots)))
-        scan = scan_photos(roots, follow_symlinks)
+        scan = scan_photos(roots, follow_symlinks, exclude)
+        summary.excluded = [str(p) for p in scan.excluded]
         summary.missing_roots = [str(r) for r in scan.missing_roots]
         summary.unreadable_folders = [str(f) for f, _ in scan.unreadable if f not in scan.missing_roots]
         summary.symlinks_skipped = scan.symlinks_skipped
@@ -372,7 +376,7 @@ def index_photos(
                 # Shards go under the index folder (with --database: the local --index folder).
                 engine = RayEngine(embedder, Path(settings.index_dir), settings.ray_address, settings.batch_size)
             run = IndexRun(index, embedder, settings.checkpoint_every, lock=lock, engine=engine)
-            return run.run(roots, prune, settings.follow_symlinks)
+            return run.run(roots, prune, settings.follow_symlinks, settings.exclude_patterns)
         finally:
             index.close()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.files import DEFAULT_EXCLUDES
 from indexer.errors import ConfigError
 from indexer.storage import display_location, is_database_url
 from indexer.storage.folder import DEFAULT_INDEX_DIR
@@ -37,6 +38,11 @@ class Settings:
     index_type: str | None = None  # None: the index's own, or "Flat" for a new index
     checkpoint_every: int = 256
     follow_symlinks: bool = False
+    # Folder and file names `index` leaves out (comma-separated fnmatch patterns), besides
+    # indexer.files.DEFAULT_EXCLUDES (a NAS's thumbnail folders, recycle bins) unless
+    # default_excludes is off. Per run: a photo indexed before under an excluded folder leaves.
+    exclude: str = ""
+    default_excludes: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 20.0
@@ -111,6 +117,11 @@ class Settings:
             device=self.device, batch_size=self.batch_size, workers=self.workers, allow_download=self.allow_download,
             dtype=self.dtype, threads=self.threads, runtime=self.runtime, cache_dir=self.cache_dir,
         )  # type: ignore[arg-type]
+
+    @property
+    def exclude_patterns(self) -> tuple[str, ...]:
+        own = tuple(p.strip() for p in self.exclude.split(",") if p.strip())
+        return (DEFAULT_EXCLUDES if self.default_excludes else ()) + own
 
     def embedding_config(self, stored: EmbeddingConfig | None = None) -> EmbeddingConfig:
         return (stored or EmbeddingConfig()).replace(**self.embedding)

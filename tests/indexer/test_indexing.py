@@ -114,6 +114,29 @@ def test_symlinks_are_followed_only_when_asked_and_never_loop(tmp_path, settings
     assert index_photos([photos], following, embedder=embedder).added == 1
 
 
+def test_nas_thumbnails_and_recycle_bins_are_left_out_and_excludes_prune(tmp_path, settings, embedder):
+    from tests.cli import run_cli
+
+    photos = tmp_path / "photos"
+    make_photo(photos / "a.jpg", 1)
+    make_photo(photos / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_XL.jpg", 1)  # a Synology NAS's thumbnail of a.jpg
+    make_photo(photos / "#recycle" / "old.png", 2)
+    make_photo(photos / "Screenshots" / "s.png", 3)
+    make_photo(photos / "Screenshots" / "keep.png", 4)
+    first = index_photos([photos], settings, embedder=embedder)
+    assert first.added == 3 and sorted(first.excluded) == [str(photos / "#recycle"), str(photos / "@eaDir")]
+    assert set(rows(settings.index_dir)) == {"a.jpg", "s.png", "keep.png"}
+    # An exclude given later takes out what was indexed under it; patterns match file names too.
+    r = run_cli("index", str(photos), "--index", str(settings.index_dir), "--exclude", "s.*", "--exclude", "@eaDir")
+    assert r.returncode == 0 and "removed 1," in r.stdout and "3 folder(s) or photo(s) left out" in r.stdout, r.stdout
+    assert set(rows(settings.index_dir)) == {"a.jpg", "keep.png"}
+    # Without the defaults the NAS's copies come in; a root is never excluded: it was asked for.
+    everything = Settings.load(env={"DIFFSEARCH_DEFAULT_EXCLUDES": "0"}, index_dir=settings.index_dir, workers=0)
+    assert index_photos([photos], everything, embedder=embedder).added == 3
+    alone = Settings.load(env={}, index_dir=tmp_path / "nas-index", workers=0)
+    assert index_photos([photos / "@eaDir"], alone, embedder=embedder).added == 1
+
+
 def test_other_settings_fail_with_a_message_naming_both(tmp_path, settings, embedder):
     make_photo(tmp_path / "photos" / "a.png", 1)
     index_photos([tmp_path / "photos"], settings, embedder=embedder)
