@@ -45,6 +45,7 @@ class IndexStats(BaseModel):
     fingerprint: str
     disk_bytes: int
     embedding: dict
+    roots: list[str] = []  # the folders and files indexed here (what `index` was given)
     failures: list[FailureInfo] = []
 
 

@@ -29,6 +29,7 @@ def stats_of(index: PhotoIndex, with_failures: bool = False) -> IndexStats:
         fingerprint=index.settings.fingerprint,
         disk_bytes=index.disk_bytes(),
         embedding=index.settings.embedding.to_dict(),
+        roots=index.roots()[0],
         failures=failures,
     )
 

@@ -154,3 +154,31 @@ def test_a_heic_upload_is_searched_without_a_broken_preview(driver, server_url, 
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "results for iphone.heic"))
     assert driver.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query)
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#query img"))  # the browser cannot show HEIC: no broken icon
+
+
+def test_a_folder_narrows_the_search_and_changing_it_searches_again(driver, server_url, sample_photos):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.conftest import SAMPLES
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(server_url + "/")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "stats"), "photos indexed"))
+    roots = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#roots option")]
+    assert roots == [str(SAMPLES)]  # offered as the folder box's suggestions
+    query = next(p for p in sample_photos if not p.name.startswith("Leopards"))
+    leopards = str(SAMPLES / "Leopards")  # a path prefix: the samples named Leopards_*
+    folder = driver.find_element(By.ID, "folder")
+    folder.send_keys(leopards)
+    driver.find_element(By.ID, "file").send_keys(str(query))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), f"results for {query.name} in {leopards}"))
+    titles = [h.get_attribute("title") for h in driver.find_elements(By.CSS_SELECTOR, ".hit")]
+    assert titles and all(t.startswith(leopards) for t in titles)
+    folder.send_keys(Keys.CONTROL, "a")
+    # Every folder again (the box was never left, so only Enter says so): the same photo searches again.
+    folder.send_keys(Keys.BACKSPACE, Keys.ENTER)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query))
+    assert "in /" not in driver.find_element(By.ID, "status").text
