@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_line  # noqa: E402
 from bench.quality import CALTECH, SPLITS  # noqa: E402
-from indexer.threads import available_cores  # noqa: E402
 
 CLI = [sys.executable, "-m", "api"]
 
@@ -80,10 +80,7 @@ def main() -> None:
     mine = photo_set(work / "mine", lines[: args.photos])
     other = photo_set(work / "other", lines[args.photos : 2 * args.photos])
     target = work / "index"
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", cpu)
-    flags = "avx512_bf16" in cpu or "amx_bf16" in cpu
-    header = f"CPU: {model.group(1) if model else '?'} (native bf16: {flags}); cores available: {available_cores()}. Nothing else CPU-heavy was running.\n"
+    header = f"{cpu_line()}. Nothing else CPU-heavy was running.\n"
     solo = index_speed(mine, target)
     rows = [("alone", solo)]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_line  # noqa: E402
+from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder  # noqa: E402
 from indexer.embedding.model import load_model  # noqa: E402
@@ -41,8 +42,6 @@ from indexer.settings import Settings  # noqa: E402
 from indexer.threads import available_cores  # noqa: E402
 from searcher.searcher import Searcher  # noqa: E402
 
-CALTECH = ROOT.parent / "shared" / "data" / "caltech101"
-SPLITS = ROOT / "bench" / "splits"
 
 
 def phone_photos(n: int, long_side: int, target: Path) -> list[Path]:
@@ -52,7 +51,7 @@ def phone_photos(n: int, long_side: int, target: Path) -> list[Path]:
     target.mkdir(parents=True)
     out = []
     for line in lines[:: len(lines) // n][:n]:
-        image = Image.open(CALTECH / "101_ObjectCategories" / line).convert("RGB")
+        image = Image.open(CALTECH / line).convert("RGB")
         scale = long_side / max(image.size)
         image = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)), Image.Resampling.BICUBIC)
         noisy = np.asarray(image, dtype=np.int16) + rng.integers(-6, 7, (image.size[1], image.size[0], 3), dtype=np.int16)
@@ -101,14 +100,6 @@ def resaved(path: Path, quality: int = 80, halve: bool = False) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def cpu_line() -> str:
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", cpu)
-    isa = "AVX-512" if "avx512f" in cpu else "AVX2" if "avx2" in cpu else "no AVX2"
-    bf16 = "avx512_bf16" in cpu or "amx_bf16" in cpu
-    return f"CPU: {model.group(1) if model else '?'} ({isa}, native bf16: {bf16}); cores available: {available_cores()}"
 
 
 def main() -> None:

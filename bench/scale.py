@@ -14,9 +14,7 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ import numpy as np  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
+from bench.machine import cpu_line  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig  # noqa: E402
 from indexer.indexing import index_photos  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
@@ -38,16 +37,6 @@ from indexer.storage.rows import Photo  # noqa: E402
 from scripts.local_postgres import temporary  # noqa: E402
 
 CALTECH = ROOT.parent / "shared" / "data" / "caltech101"
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next((line for line in out.splitlines() if line.startswith("Flags")), "")
-        return f"{model}, {len(__import__('os').sched_getaffinity(0))} cores, avx512_bf16={'avx512_bf16' in flags}, amx={'amx_bf16' in flags}"
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def photo_folder(n: int, into: Path) -> Path:
@@ -191,7 +180,7 @@ def main() -> None:
         real = np.stack(list(vectors_by_name(local_index).values()))
     search = ["(not run: --skip-search)"] if args.skip_search else bench_search(real, args.vectors)
     report = "\n".join(
-        ["# Scaling out on one machine", "", f"CPU: {cpu_name()}. Nothing else CPU-heavy was running.", "",
+        ["# Scaling out on one machine", "", f"{cpu_line()}. Nothing else CPU-heavy was running.", "",
          "## Indexing: Ray engine vs local engine", "", *engines, "",
          f"## Search at {args.vectors:,} vectors: pgvector vs FAISS", "", *search, ""]
     )  # fmt: skip

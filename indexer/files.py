@@ -77,9 +77,9 @@ def scan_photos(roots: Iterable[Path], follow_symlinks: bool = False, exclude: S
 
     Hidden files and folders (names starting with '.') are skipped, and so are folders and files
     whose name matches a pattern of `exclude` (fnmatch, case-sensitive; a root is never excluded:
-    it was asked for). Photos indexed under them before are not "kept": they leave the index. Symlinked folders and files
-    are followed only with `follow_symlinks`, and a folder reached twice (a link loop, or two
-    links to one place) is walked once. FIFOs, sockets, devices and broken links that carry a
+    it was asked for): they count as read, so photos indexed under them before leave the index.
+    Symlinked folders and files are followed only with `follow_symlinks`, and a folder reached
+    twice (a link loop, or two links to one place) is walked once. FIFOs, sockets, devices and broken links that carry a
     photo's name are reported in `rejected`; they are never opened.
     """
     scan = Scan()
