@@ -139,7 +139,7 @@ def stats(index_dir: IndexOpt = None, database: DatabaseOpt = None, as_json: Jso
         typer.echo(json.dumps(info.model_dump(), indent=2, default=str))
         return
     for key, value in info.model_dump(exclude={"failures", "embedding"}).items():
-        typer.echo(f"{key:>16}: {value}")
+        typer.echo(f"{key:>16}: {', '.join(value) if isinstance(value, list) else value}")
     typer.echo(f"{'embedding':>16}: {json.dumps(info.embedding)}")
     for failure in info.failures:
         typer.echo(f"  failed: {failure.path}: {failure.reason}")

@@ -159,6 +159,8 @@ def test_stats_and_dedup_cli(sample_index):
     run = lambda *a: run_cli(*a, "--index", str(sample_index))  # noqa: E731
     stats = json.loads(run("stats", "--json").stdout)
     assert stats["photos"] == 64 and stats["index_type"] == "Flat" and stats["disk_bytes"] > 0
+    assert stats["roots"] == [str(ROOT / "data" / "samples")]
+    assert f"roots: {ROOT / 'data' / 'samples'}\n" in run("stats").stdout  # a path, not a Python list
     dedup = run("dedup", "--json")
     assert dedup.returncode == 0 and json.loads(dedup.stdout)["count"] == 0  # the samples are all distinct
     missing = run("query", str(ROOT / "data" / "samples" / "nope.jpg"))
