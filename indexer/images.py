@@ -32,7 +32,8 @@ ImageInput = Union[str, os.PathLike, bytes, IO[bytes], Image.Image, npt.NDArray]
 
 # No photo is read past this many bytes (a 1 GiB "photo" is a mistake, not a photo).
 MAX_FILE_BYTES = 512 * 2**20
-# Pillow's own decompression-bomb guard raises above 2x this; we refuse at 1x with our error.
+# The most pixels decoded for one photo (load_image refuses more with its own error; Pillow's own
+# decompression-bomb guard refuses files above ~179 megapixels outright).
 MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
@@ -138,16 +139,19 @@ def load_image(source: ImageInput, min_side: int = 0) -> tuple[Image.Image, Imag
     name = _describe(source)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above ~89 megapixels and refuses above ~179; what is decoded is checked
+            # below, against a lower limit: a panorama whose JPEG decodes reduced may pass it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = _open(source)
             width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise InvalidImageError(name, f"too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
             fmt = image.format or "RAW"
             taken_at = _taken_at(image)
-            image.seek(0) if getattr(image, "n_frames", 1) > 1 else None  # first frame of GIF/TIFF
+            image.seek(0) if getattr(image, "n_frames", 1) > 1 else None  # first frame of GIF/TIFF/MPO
             if min_side:
-                reduced_decode(image, min_side)
+                reduced_decode(image, min_side)  # the size is now what will be decoded
+            if image.size[0] * image.size[1] > MAX_PIXELS:
+                decoded = f", {image.size[0]}x{image.size[1]} decoded" if image.size != (width, height) else ""
+                raise InvalidImageError(name, f"too large: {width}x{height} pixels{decoded} (limit {MAX_PIXELS:,})")
             image.load()
             if _swaps_sides(image):
                 width, height = height, width
@@ -178,7 +182,7 @@ def reduced_decode(image: Image.Image, min_side: int) -> None:
     keeps its shorter side at least `min_side`; anything else is left as it is."""
     width, height = image.size
     scale = min_side / max(1, min(width, height))
-    if image.format == "JPEG" and scale <= 0.5:
+    if image.format in ("JPEG", "MPO") and scale <= 0.5:  # MPO: a camera's JPEG with extra frames
         image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
 
 

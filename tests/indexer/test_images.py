@@ -97,6 +97,23 @@ def test_decompression_bomb_is_refused(tmp_path):
         load_image(tmp_path / "bomb.png")
 
 
+def test_a_panorama_too_large_in_full_is_read_where_it_decodes_reduced(tmp_path, monkeypatch):
+    import indexer.images
+
+    monkeypatch.setattr(indexer.images, "MAX_PIXELS", 1_000_000)  # stands in for 64 MP: a 100 MP test photo is slow to make
+    photo = Image.open(make_photo(tmp_path / "p.png", 5, size=(2000, 1500)))
+    photo.save(tmp_path / "pano.jpg", quality=90)
+    photo.save(tmp_path / "pano.mpo", "MPO", save_all=True, append_images=[photo])  # a camera's JPEG with a second frame
+    with pytest.raises(InvalidImageError, match=r"too large: 2000x1500 pixels \(limit"):
+        load_image(tmp_path / "pano.jpg")  # decoded in full it would be 3 MP
+    for name in ("pano.jpg", "pano.mpo"):
+        image, info = load_image(tmp_path / name, min_side=384)  # decoded at 1/2: 0.75 MP
+        assert image.size == (1000, 750) and (info.width, info.height) == (2000, 1500)
+    photo.save(tmp_path / "pano.png")
+    with pytest.raises(InvalidImageError, match="too large"):
+        load_image(tmp_path / "pano.png", min_side=384)  # no reduced decode for PNG
+
+
 def test_square_crop_and_prepare(tmp_path):
     path = make_photo(tmp_path / "w.png", 3, size=(200, 100))
     assert square_crop(load_image(path)[0], 64).size == (64, 64)
