@@ -170,7 +170,7 @@ def load_image(source: ImageInput, min_side: int = 0) -> tuple[Image.Image, Imag
         raise InvalidImageError(name, str(exc)) from None
     except UnidentifiedImageError:
         raise InvalidImageError(name, "not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise InvalidImageError(name, f"decompression bomb: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as exc:
         raise InvalidImageError(name, f"corrupt or truncated image: {exc}") from None

@@ -271,7 +271,7 @@ def evaluate(
         mirrored = None
         if variant.mirror_within is not None:
             if (*key, "mirror") not in encoded:
-                encoded[*key, "mirror"] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, True, min_side)
+                encoded[*key, "mirror"] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, mirror=True, min_side=min_side)
             mirrored = variant_vectors(variant, encoded[*key, "mirror"], fitted.get(key))
         within = np.inf if variant.mirror_within is None else variant.mirror_within
         metrics = retrieval_metrics(vectors, labelled.labels, mirrored=mirrored, mirror_within=within)
