@@ -19,8 +19,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from api.dedup_jobs import DedupBusyError, DedupJobs
+from api.deps import scrub
 from api.guards import BodyLimit, SecurityHeaders
-from api.routers import images, metrics, search, status
+from api.routers import duplicates, images, metrics, search, status
 from indexer.errors import (
     DatabaseUnavailableError,
     ConfigError,
@@ -32,7 +34,6 @@ from indexer.errors import (
     InvalidImageError,
 )
 from indexer.settings import Settings
-from indexer.storage import display_location
 from searcher.batching import QueueFullError
 from searcher.searcher import Searcher
 
@@ -43,6 +44,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 STATUS_FOR = {
     InvalidImageError: 400,
     ConfigError: 422,
+    DedupBusyError: 409,
     IndexNotFoundError: 503,  # the server's own index vanished: not the client's fault
     IndexMismatchError: 503,
     IndexCorruptError: 503,
@@ -50,16 +52,6 @@ STATUS_FOR = {
     QueueFullError: 503,
     DatabaseUnavailableError: 503,
 }
-
-
-def scrub(message: str, settings: Settings) -> str:
-    """The message without the server's index path or database URL (clients learn nothing of the server)."""
-    where = {str(Path(settings.index_dir).absolute()), str(settings.index_dir)}
-    if settings.database:
-        where |= {settings.database, display_location(settings.database)}
-    for path in sorted(where, key=len, reverse=True):
-        message = message.replace(path, "<index>")
-    return message
 
 
 def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
@@ -70,7 +62,9 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
         batching = settings.batching and app.state.searcher.queue is None
         if batching:
             app.state.searcher.start_batching(settings.batch_size, settings.batch_wait_ms, settings.max_queue)
+        app.state.dedup_jobs = DedupJobs(app.state.searcher)
         yield
+        app.state.dedup_jobs.close()
         if batching:
             app.state.searcher.stop_batching()
         if searcher is None:
@@ -79,6 +73,7 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
     app = FastAPIOffline(title="diffsearch", summary="Find similar photos with a diffusion model.", lifespan=lifespan)
     app.include_router(search.router)
     app.include_router(images.router)
+    app.include_router(duplicates.router)
     app.include_router(status.router)
     app.include_router(metrics.router)
     app.add_middleware(BodyLimit, limit_bytes=int(settings.max_upload_mb * 2**20))

@@ -43,7 +43,7 @@ from indexer.storage.rows import Photo, PhotoLatent, read_latents
 from searcher.dedup_rule import ALSO_BY_VECTORS, DedupRule, default_rule, duplicate_groups
 from searcher.results import DuplicateGroup, SearchResult
 from searcher.searcher import Searcher, normalise_prefix
-from searcher.verification import pair_matches, sorted_rows, verified_distances
+from searcher.verification import Progress, pair_matches, sorted_rows, verified_distances
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ def can_verify(searcher: Searcher) -> bool:
     return photos > 0 and latents >= photos
 
 
-def find_duplicates(searcher: Searcher, rule: DedupRule | None = None, path_prefix: str | None = None) -> list[DuplicateGroup]:
+def find_duplicates(
+    searcher: Searcher, rule: DedupRule | None = None, path_prefix: str | None = None, progress: Progress | None = None
+) -> list[DuplicateGroup]:
     """Groups of near-duplicate photos in the index, largest group first.
 
     Where the model's projection names the dims trained to tell photos apart (`instance_dims`: the
@@ -87,7 +89,8 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None, path_pref
     `default_rule` for this index. `path_prefix`: only photos whose path starts with it (as search's
     filter), judged as in the whole index (their nearest photos are found among all, so the gap
     test has its crowd) and grouped only with each other: the groups the whole index would give,
-    less the links to photos elsewhere, in the time those photos take."""
+    less the links to photos elsewhere, in the time those photos take. `progress`: told (photos
+    verified, photos to verify) while pairs are verified, most of the time a large index takes."""
     store = searcher.fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
     within = None if path_prefix is None else rows_with_prefix(searcher, ids, path_prefix)
@@ -100,7 +103,7 @@ def find_duplicates(searcher: Searcher, rule: DedupRule | None = None, path_pref
     vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2, store, within)
     matches = None
     if rule.match_weight and mean is not None:
-        matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), mean)
+        matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), mean, progress)
     groups = []
     for rows in groups_of(neighbours, distances, matches, rule, ALSO_BY_VECTORS, within):
         photos_by_id = searcher.photos([int(ids[r]) for r in rows])

@@ -32,17 +32,22 @@ from searcher.rerank import match_scores, with_mirrors
 # chosen on those scores (bench/dedup.py), as search keeps them (searcher.rerank.MIN_OVERLAP).
 MIN_OVERLAP = 1.0
 
+# Told (photos verified, photos to verify) as verification goes: a server shows it while it runs.
+Progress = Callable[[int, int], None]
+
 
 def pair_matches(
     neighbours: npt.NDArray[np.int64],
     templates_of: Callable[[int], Sequence[torch.Tensor]],
     latents_of: Callable[[Sequence[int]], Mapping[int, torch.Tensor]],
     mean: torch.Tensor,
+    progress: Progress | None = None,
 ) -> npt.NDArray[np.float64]:
     """matches[a, j]: the match score of row a and its neighbour `neighbours[a, j]`, the better of
     a's templates in the neighbour's latent and the neighbour's templates in a's (-1 where the row
     is padded with -1). `templates_of(row)`: the row's templates, unmirrored; `latents_of(rows)`:
-    their latents (C, H, W) by row; `mean`: the (C,) cell that centres every score."""
+    their latents (C, H, W) by row; `mean`: the (C,) cell that centres every score; `progress`:
+    told after each row."""
     n, k = neighbours.shape
     forward = np.full((n, k), -1.0)  # a's templates in its j-th neighbour's latent
     backward = np.full((n, k), -1.0)  # the j-th neighbour's templates in a's latent
@@ -54,6 +59,8 @@ def pair_matches(
     for a in tqdm(range(n), desc="verify", unit="photo", leave=False):
         own = [int(b) for b in neighbours[a] if b >= 0]
         candidates = list(dict.fromkeys(own + [b for b, _ in listed_by[a]]))
+        if progress is not None:
+            progress(a, n)
         if not candidates:
             continue
         latents = latents_of(candidates)
@@ -63,6 +70,8 @@ def pair_matches(
                 forward[a, j] = scores[int(b)]
         for b, j in listed_by[a]:
             backward[b, j] = scores[b]
+    if progress is not None:
+        progress(n, n)
     return np.maximum(forward, backward)
 
 

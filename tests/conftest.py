@@ -65,6 +65,30 @@ def sample_index(tmp_path_factory, sample_photos, embedder):  # noqa: ANN001, AN
 
 
 @pytest.fixture(scope="session")
+def duplicates_folder(tmp_path_factory, sample_photos, embedder):  # noqa: ANN001, ANN201
+    """(photos folder, its index): the sample photos plus two edited copies (a grayscale leopard, a
+    tilted airplane) that dedup's default rule groups with their originals, indexed once."""
+    from indexer.indexing import index_photos
+    from indexer.settings import Settings
+    from indexer.training.views import EDITS
+
+    root = tmp_path_factory.mktemp("duplicates")
+    photos = root / "photos"
+    photos.mkdir()
+    for p in sample_photos:
+        (photos / p.name).write_bytes(p.read_bytes())
+    for name, (source, edit, seed) in DUPLICATE_COPIES.items():
+        EDITS[edit](Image.open(photos / source).convert("RGB"), np.random.default_rng(seed)).save(photos / name)
+    settings = Settings.load(env={}, index_dir=root / "index", workers=0)
+    assert index_photos([photos], settings, embedder=embedder).added == len(sample_photos) + len(DUPLICATE_COPIES)
+    return photos, root / "index"
+
+
+# The edited copies in `duplicates_folder`: name -> (original, edit, seed).
+DUPLICATE_COPIES = {"leopard_gray.png": ("Leopards_image_0007.jpg", "grayscale", 10), "airplane_tilted.png": ("airplanes_image_0021.jpg", "rotate", 30)}
+
+
+@pytest.fixture(scope="session")
 def searcher(sample_index, default_model):  # noqa: ANN001, ANN201
     from indexer.embedding.config import RuntimeOptions
     from searcher.searcher import Searcher

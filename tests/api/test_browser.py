@@ -182,3 +182,43 @@ def test_a_folder_narrows_the_search_and_changing_it_searches_again(driver, serv
     folder.send_keys(Keys.BACKSPACE, Keys.ENTER)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query))
     assert "in /" not in driver.find_element(By.ID, "status").text
+
+
+def test_duplicates_are_shown_in_groups_with_the_copy_to_keep_first(driver, duplicates_folder, default_model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from indexer.embedding.config import RuntimeOptions
+    from searcher.searcher import Searcher
+    from tests.conftest import DUPLICATE_COPIES
+
+    photos, index_dir = duplicates_folder
+    with Searcher(index_dir, RuntimeOptions(device="cpu", workers=0), model=default_model) as searcher:
+        with live_server(create_app(Settings.load(env={}, index_dir=index_dir), searcher=searcher)) as url:
+            wait = WebDriverWait(driver, 120)
+            driver.get(url + "/")
+            wait.until(ec.text_to_be_present_in_element((By.ID, "stats"), "photos indexed"))
+            driver.find_element(By.ID, "dups").click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "2 groups of near-duplicates"))
+            groups = driver.find_elements(By.CSS_SELECTOR, ".group")
+            found = {}
+            for group in groups:
+                assert group.find_element(By.CSS_SELECTOR, ".title").text == "2 photos"
+                keep, copy = group.find_elements(By.CSS_SELECTOR, ".hit")
+                assert "keep" in keep.get_attribute("class") and keep.find_element(By.CSS_SELECTOR, ".dist").text.startswith("keep · ")
+                distance, size = copy.find_element(By.CSS_SELECTOR, ".dist").text.split(" · ")
+                assert float(distance) > 0 and size.count("x") == 1
+                found[Path(copy.get_attribute("title")).name] = Path(keep.get_attribute("title")).name
+            assert found == {copy: original for copy, (original, _, _) in DUPLICATE_COPIES.items()}
+            wait.until(lambda d: d.execute_script("return [...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)"))
+            ARTIFACTS.mkdir(exist_ok=True)
+            driver.save_screenshot(str(ARTIFACTS / "web-duplicates.png"))
+
+            # A folder given: duplicates among its photos only; a click on a photo searches like it.
+            driver.find_element(By.ID, "folder").send_keys(str(photos / "airplane"))
+            driver.find_element(By.ID, "dups").click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "status"), f"1 group of near-duplicates in {photos / 'airplane'}"))
+            copy = driver.find_elements(By.CSS_SELECTOR, ".group .hit")[1]
+            copy.click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "like airplane_tilted.png"))

@@ -1,0 +1,143 @@
+"""POST/GET /duplicates: dedup in the background over HTTP, on a real index with real edited copies."""
+
+import shutil
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.dedup_jobs import DedupBusyError, DedupJobs
+from indexer.embedding.config import RuntimeOptions
+from indexer.errors import IndexCorruptError
+from indexer.indexing import index_photos
+from indexer.settings import Settings
+from searcher.dedup import find_duplicates
+from searcher.searcher import Searcher
+from tests.conftest import DUPLICATE_COPIES, make_photo
+
+GROUPS = sorted(sorted([copy, original]) for copy, (original, _, _) in DUPLICATE_COPIES.items())
+
+
+def names(groups):
+    return sorted(sorted(p["path"].rsplit("/", 1)[-1] for p in g["photos"]) for g in groups)
+
+
+def finished(client, response, timeout=180):
+    """Ask GET /duplicates until the search `response` started is no longer running."""
+    deadline = time.monotonic() + timeout
+    while response.status_code == 202:
+        assert response.json()["state"] == "running"
+        assert response.headers["retry-after"] == "1"
+        assert time.monotonic() < deadline, "the duplicate search did not finish"
+        time.sleep(0.2)
+        response = client.get("/duplicates")
+    return response
+
+
+@pytest.fixture
+def copied_index(duplicates_folder, tmp_path):
+    """A copy of the duplicates index (tests here add photos to it)."""
+    photos, index = duplicates_folder
+    shutil.copytree(index, tmp_path / "index")
+    return photos, tmp_path / "index"
+
+
+def serve(index_dir, model):
+    searcher = Searcher(index_dir, RuntimeOptions(device="cpu", workers=0), model=model)
+    app = create_app(Settings.load(env={}, index_dir=index_dir), searcher=searcher)
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False), searcher
+
+
+def test_duplicates_are_found_in_the_background_and_kept_until_the_index_changes(copied_index, default_model, embedder, tmp_path):
+    photos, index_dir = copied_index
+    client, searcher = serve(index_dir, default_model)
+    with client:
+        missing = client.get("/duplicates")
+        assert missing.status_code == 404 and "POST /duplicates" in missing.json()["detail"]
+
+        done = finished(client, client.post("/duplicates"))
+        assert done.status_code == 200, done.text
+        body = done.json()
+        assert body["state"] == "done" and body["current"] and body["detail"] is None
+        assert body["count"] == 2 and names(body["data"]) == GROUPS
+        assert body["verified"] == body["to_verify"] == len(searcher) > 0  # every photo's pairs verified
+        for group in body["data"]:  # the original first, at distance 0: the copy to keep
+            keep, copy = group["photos"]
+            assert keep["path"].endswith(".jpg") and keep["distance"] == 0 < copy["distance"]
+        assert client.get("/duplicates?limit=1").json()["data"] == body["data"][:1]
+
+        again = client.post("/duplicates")  # the index has not changed: the same search, answered at once
+        assert again.status_code == 200 and again.json()["started_at"] == body["started_at"]
+
+        airplanes = finished(client, client.post("/duplicates", params={"path_prefix": str(photos / "airplane")})).json()
+        assert airplanes["path_prefix"] == str(photos / "airplane") and names(airplanes["data"]) == [g for g in GROUPS if "airplane_tilted.png" in g]
+
+        # A photo added: the kept answer says it is out of date, and asking again searches again.
+        extra = make_photo(tmp_path / "more" / "new.png", seed=3)
+        index_photos([photos, extra.parent], Settings.load(env={}, index_dir=index_dir, workers=0), embedder=embedder)
+        assert client.get("/duplicates").json()["current"] is False
+        fresh = finished(client, client.post("/duplicates")).json()
+        assert fresh["current"] and fresh["started_at"] != body["started_at"] and names(fresh["data"]) == GROUPS
+
+        for bad in ("/duplicates?limit=0", "/duplicates?limit=x"):
+            assert client.get(bad).status_code == 422
+        assert client.post("/duplicates", params={"path_prefix": "x" * 5000}).status_code == 422
+    searcher.close()
+
+
+def test_one_search_runs_at_a_time_and_a_failed_one_says_why_without_server_paths(copied_index, default_model):
+    photos, index_dir = copied_index
+    client, searcher = serve(index_dir, default_model)
+    release = threading.Event()
+
+    def held(*args):  # the real search, once the test lets it go
+        assert release.wait(60)
+        return find_duplicates(*args)
+
+    with client:
+        client.app.state.dedup_jobs = jobs = DedupJobs(searcher, find=held)
+        first = client.post("/duplicates", params={"path_prefix": str(photos / "Leopards")})
+        assert first.status_code == 202
+        busy = client.post("/duplicates")
+        assert busy.status_code == 409 and "still running" in busy.json()["detail"]
+        with pytest.raises(DedupBusyError):
+            jobs.start(str(photos))
+        same = client.post("/duplicates", params={"path_prefix": str(photos / "Leopards")})  # the running one
+        assert same.status_code == 202 and same.json()["started_at"] == first.json()["started_at"]
+        release.set()
+        leopards = finished(client, same).json()
+        assert leopards["state"] == "done" and names(leopards["data"]) == []  # the grey copy is not under that prefix
+
+        def broken(*_args):
+            raise IndexCorruptError(f"{index_dir}/vectors.faiss cannot be read: run `diffsearch check --repair`")
+
+        client.app.state.dedup_jobs = DedupJobs(searcher, find=broken)
+        failed = finished(client, client.post("/duplicates"))
+        assert failed.status_code == 200
+        body = failed.json()
+        assert body["state"] == "failed" and body["data"] == [] and "check --repair" in body["detail"]
+        assert str(index_dir) not in body["detail"] and "<index>" in body["detail"]
+        client.app.state.dedup_jobs.find = find_duplicates  # a failed search is tried again when asked again
+        assert names(finished(client, client.post("/duplicates")).json()["data"]) == GROUPS
+    searcher.close()
+
+
+def test_a_search_still_running_stops_with_the_server(copied_index, default_model):
+    _, index_dir = copied_index
+    client, searcher = serve(index_dir, default_model)
+
+    def slow(searcher, rule, prefix, progress):  # the real search, verifying one photo every 50 ms
+        return find_duplicates(searcher, rule, prefix, lambda done, total: (progress(done, total), time.sleep(0.05)))
+
+    with client:
+        client.app.state.dedup_jobs = jobs = DedupJobs(searcher, find=slow)
+        assert client.post("/duplicates").status_code == 202
+        while not jobs.latest().verified:
+            time.sleep(0.05)
+        started = time.monotonic()
+    assert time.monotonic() - started < 10  # stopped at its next photo, not after the other ~60
+    job = jobs.latest()
+    assert job.state == "failed" and "server stopped" in job.detail and 0 < job.verified < job.to_verify
+    searcher.close()
