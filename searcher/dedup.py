@@ -90,7 +90,8 @@ def find_duplicates(
     filter), judged as in the whole index (their nearest photos are found among all, so the gap
     test has its crowd) and grouped only with each other: the groups the whole index would give,
     less the links to photos elsewhere, in the time those photos take. `progress`: told (photos
-    verified, photos to verify) while pairs are verified, most of the time a large index takes."""
+    verified, photos to verify) while pairs are verified, most of the time a large index takes (and
+    no progress bar is drawn on stderr)."""
     store = searcher.fresh_vectors()
     ids = np.asarray(store.ids(), dtype=np.int64)
     within = None if path_prefix is None else rows_with_prefix(searcher, ids, path_prefix)
@@ -100,7 +101,8 @@ def find_duplicates(
     rule = rule or default_rule(mean is not None)
     if rule.match_weight and mean is None:
         logger.warning("dedup: some photos have no kept latent (a pixel-space model, or photos indexed before latents were kept); comparing vectors alone")
-    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2, store, within)
+    k = max(rule.neighbours, ALSO_BY_VECTORS.neighbours) + 2
+    vector_of, neighbours, distances = nearest_neighbours(searcher, ids, k, store, within, bar=progress is None)
     matches = None
     if rule.match_weight and mean is not None:
         matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), mean, progress)
@@ -136,12 +138,17 @@ def keep_order(photo: Photo) -> tuple[int, float, int, int]:
 
 
 def nearest_neighbours(  # noqa: ANN201 - a vector getter and two arrays
-    searcher: Searcher, ids: npt.NDArray[np.int64], k: int, store: VectorIndex | None = None, only: npt.NDArray[np.bool_] | None = None
+    searcher: Searcher,
+    ids: npt.NDArray[np.int64],
+    k: int,
+    store: VectorIndex | None = None,
+    only: npt.NDArray[np.bool_] | None = None,
+    bar: bool = True,
 ):
     """(vector_of(row), neighbours, distances): each row's k - 1 nearest other rows and their
     Euclidean distances, ascending (-1 and inf pad short rows), on the dims dedup compares.
     `store`: the vectors `ids` were read from (None: the index's, read afresh). `only`: the rows
-    whose lists are wanted (the others stay padded); None: every row."""
+    whose lists are wanted (the others stay padded); None: every row. `bar`: a progress bar on stderr."""
     store = searcher.fresh_vectors() if store is None else store
     projection = searcher.embedder.projection
     k = min(k, len(ids))  # the photo itself, its neighbours, one more for the gap
@@ -173,7 +180,7 @@ def nearest_neighbours(  # noqa: ANN201 - a vector getter and two arrays
     neighbours = np.full((len(ids), k - 1), -1, dtype=np.int64)
     distances = np.full((len(ids), k - 1), np.inf)
     todo = np.arange(len(ids)) if only is None else np.nonzero(only)[0]
-    for start in tqdm(range(0, len(todo), 256), desc="dedup", unit="block", leave=False):
+    for start in tqdm(range(0, len(todo), 256), desc="dedup", unit="block", leave=False, disable=not bar):
         block = todo[start : start + 256]
         d2, found = search_rows(block)
         for a, row_d2, row_found in zip(block, d2, found):

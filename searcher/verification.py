@@ -47,7 +47,7 @@ def pair_matches(
     a's templates in the neighbour's latent and the neighbour's templates in a's (-1 where the row
     is padded with -1). `templates_of(row)`: the row's templates, unmirrored; `latents_of(rows)`:
     their latents (C, H, W) by row; `mean`: the (C,) cell that centres every score; `progress`:
-    told after each row."""
+    told after each row (instead of a progress bar on stderr)."""
     n, k = neighbours.shape
     forward = np.full((n, k), -1.0)  # a's templates in its j-th neighbour's latent
     backward = np.full((n, k), -1.0)  # the j-th neighbour's templates in a's latent
@@ -56,7 +56,7 @@ def pair_matches(
         for j, a in enumerate(row):
             if a >= 0:
                 listed_by[int(a)].append((b, j))
-    for a in tqdm(range(n), desc="verify", unit="photo", leave=False):
+    for a in tqdm(range(n), desc="verify", unit="photo", leave=False, disable=progress is not None):  # its caller shows progress
         own = [int(b) for b in neighbours[a] if b >= 0]
         candidates = list(dict.fromkeys(own + [b for b, _ in listed_by[a]]))
         if progress is not None:

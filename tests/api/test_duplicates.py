@@ -50,7 +50,7 @@ def serve(index_dir, model):
     return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False), searcher
 
 
-def test_duplicates_are_found_in_the_background_and_kept_until_the_index_changes(copied_index, default_model, embedder, tmp_path):
+def test_duplicates_are_found_in_the_background_and_kept_until_the_index_changes(copied_index, default_model, embedder, tmp_path, capfd):
     photos, index_dir = copied_index
     client, searcher = serve(index_dir, default_model)
     with client:
@@ -63,6 +63,7 @@ def test_duplicates_are_found_in_the_background_and_kept_until_the_index_changes
         assert body["state"] == "done" and body["current"] and body["detail"] is None
         assert body["count"] == 2 and names(body["data"]) == GROUPS
         assert body["verified"] == body["to_verify"] == len(searcher) > 0  # every photo's pairs verified
+        assert "verify" not in capfd.readouterr().err  # progress is the job's, not bars in the server's log
         for group in body["data"]:  # the original first, at distance 0: the copy to keep
             keep, copy = group["photos"]
             assert keep["path"].endswith(".jpg") and keep["distance"] == 0 < copy["distance"]
