@@ -157,7 +157,8 @@ def found_per_edit(lists: Lists, truth: np.ndarray, edit: np.ndarray, candidate:
 def sample_groups(searcher_for, candidates: list[Candidate]) -> dict[Candidate, int]:
     """How many of the bundled samples each candidate puts in groups (the real index, and
     find_duplicates' own neighbour lists and matches)."""
-    from searcher.dedup import latent_mean, latents_by_row, nearest_neighbours, templates_by_row
+    from searcher.dedup import nearest_neighbours
+    from searcher.kept_latents import KeptLatents
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(index_dir=Path(tmp) / "index")
@@ -165,7 +166,8 @@ def sample_groups(searcher_for, candidates: list[Candidate]) -> dict[Candidate, 
         searcher = searcher_for(settings.index_dir)
         ids = np.asarray(searcher.fresh_vectors().ids(), dtype=np.int64)
         _, neighbours, distances = nearest_neighbours(searcher, ids, max(c[0].neighbours for c in candidates) + 2)
-        matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
+        latents = KeptLatents(searcher, ids)
+        matches = pair_matches(neighbours, latents.templates, latents.get, latents.mean())
         grouped = {c: sum(len(g) for g in groups_of(neighbours, distances, matches, *c)) for c in candidates}
         shipped = groups_of(neighbours, distances, matches, DedupRule(), ALSO_BY_VECTORS)
         assert sum(map(len, shipped)) == sum(len(g.photos) for g in find_duplicates(searcher))  # the product's own numbers

@@ -28,19 +28,18 @@ bench/dedup.py (bench/results/dedup.md).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import faiss
 import numpy as np
 import numpy.typing as npt
-import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from indexer.storage import VectorIndex
-from indexer.storage.rows import Photo, PhotoLatent, read_latents
+from indexer.storage.rows import Photo, PhotoLatent
 from searcher.dedup_rule import ALSO_BY_VECTORS, DedupRule, default_rule, duplicate_groups
+from searcher.kept_latents import KeptLatents
 from searcher.results import DuplicateGroup, SearchResult
 from searcher.searcher import Searcher, normalise_prefix
 from searcher.verification import Progress, pair_matches, sorted_rows, verified_distances
@@ -97,7 +96,8 @@ def find_duplicates(
     within = None if path_prefix is None else rows_with_prefix(searcher, ids, path_prefix)
     if len(ids) < 2 or (within is not None and within.sum() < 2):
         return []
-    mean = latent_mean(searcher, ids) if rule is None or rule.match_weight else None
+    latents = KeptLatents(searcher, ids)
+    mean = latents.mean() if rule is None or rule.match_weight else None
     rule = rule or default_rule(mean is not None)
     if rule.match_weight and mean is None:
         logger.warning("dedup: some photos have no kept latent (a pixel-space model, or photos indexed before latents were kept); comparing vectors alone")
@@ -105,7 +105,7 @@ def find_duplicates(
     vector_of, neighbours, distances = nearest_neighbours(searcher, ids, k, store, within, bar=progress is None)
     matches = None
     if rule.match_weight and mean is not None:
-        matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), mean, progress)
+        matches = pair_matches(neighbours, latents.templates, latents.get, mean, progress)
     groups = []
     for rows in groups_of(neighbours, distances, matches, rule, ALSO_BY_VECTORS, within):
         photos_by_id = searcher.photos([int(ids[r]) for r in rows])
@@ -188,38 +188,3 @@ def nearest_neighbours(  # noqa: ANN201 - a vector getter and two arrays
             for j, (d, b) in enumerate(others):
                 distances[a, j], neighbours[a, j] = d, b
     return vector_of, neighbours, distances
-
-
-def latent_mean(searcher: Searcher, ids: npt.NDArray[np.int64]) -> torch.Tensor | None:
-    """The mean latent cell (C,) over every photo's kept latent; None when the model keeps no
-    latents or a photo has none (nothing to verify against)."""
-    if not searcher.embedder.keeps_latents:
-        return None
-    total, cells = None, 0
-    with Session(searcher.index.engine) as session:
-        for start in range(0, len(ids), 1024):
-            block = [int(i) for i in ids[start : start + 1024]]
-            latents = read_latents(session, block)
-            if len(latents) < len(block):
-                return None
-            for latent in latents.values():
-                flat = torch.from_numpy(latent.astype(np.float32)).flatten(1)
-                total = flat.sum(1) if total is None else total + flat.sum(1)
-                cells += flat.shape[1]
-    return None if total is None else total / cells
-
-
-def latents_by_row(searcher: Searcher, ids: npt.NDArray[np.int64], rows: list[int]) -> dict[int, torch.Tensor]:
-    with Session(searcher.index.engine) as session:
-        found = read_latents(session, [int(ids[r]) for r in rows])
-    return {r: torch.from_numpy(found[int(ids[r])].astype(np.float32)) for r in rows}
-
-
-def templates_by_row(searcher: Searcher, ids: npt.NDArray[np.int64]) -> Callable[[int], list[torch.Tensor]]:
-    """A row's verification templates, from its kept latent alone (`Embedder.latent_templates`):
-    no file is read, so photos moved or deleted since indexing are verified like the rest."""
-
-    def templates(row: int) -> list[torch.Tensor]:
-        return searcher.embedder.latent_templates(latents_by_row(searcher, ids, [row])[row].numpy())
-
-    return templates

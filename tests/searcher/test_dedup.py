@@ -10,17 +10,9 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from indexer.storage.rows import PhotoLatent
-from searcher.dedup import (
-    can_verify,
-    find_duplicates,
-    groups_of,
-    keep_order,
-    latent_mean,
-    latents_by_row,
-    nearest_neighbours,
-    templates_by_row,
-)
+from searcher.dedup import can_verify, find_duplicates, groups_of, keep_order, nearest_neighbours
 from searcher.dedup_rule import VECTORS_ONLY, DedupRule, default_rule, duplicate_groups
+from searcher.kept_latents import KeptLatents
 from searcher.verification import pair_matches
 from searcher.searcher import Searcher
 
@@ -123,7 +115,8 @@ def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp
     # the cap 1.04, and only the strict vectors-only links brought it back).
     ids = np.asarray(searcher.fresh_vectors().ids(), dtype=np.int64)
     _, neighbours, distances = nearest_neighbours(searcher, ids, DedupRule().neighbours + 2)
-    matches = pair_matches(neighbours, templates_by_row(searcher, ids), lambda rows: latents_by_row(searcher, ids, rows), latent_mean(searcher, ids))
+    latents = KeptLatents(searcher, ids)
+    matches = pair_matches(neighbours, latents.templates, latents.get, latents.mean())
     verified_alone = groups_of(neighbours, distances, matches, DedupRule())
     assert sorted(sorted(searcher.photo(int(ids[r])).path.rsplit("/", 1)[-1] for r in rows) for rows in verified_alone) == [leopards, airplanes]
     assert names(find_duplicates(searcher, VECTORS_ONLY)) == [leopards, airplanes]  # the vectors alone, as before verification
