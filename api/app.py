@@ -62,7 +62,7 @@ def create_app(settings: Settings, searcher: Searcher | None = None) -> FastAPI:
         batching = settings.batching and app.state.searcher.queue is None
         if batching:
             app.state.searcher.start_batching(settings.batch_size, settings.batch_wait_ms, settings.max_queue)
-        app.state.dedup_jobs = DedupJobs(app.state.searcher)
+        app.state.dedup_jobs = DedupJobs(app.state.searcher, settings)
         yield
         app.state.dedup_jobs.close()
         if batching:

@@ -1,41 +1,44 @@
 """Duplicate searches for the HTTP API: run in the background, one at a time, kept until the index changes.
 
-`diffsearch dedup` can take minutes on a large index (spatial verification is ~19 ms a photo on 2
-cores), longer than an HTTP request should wait. So a request starts a search in a thread and
-answers at once; the client asks again for its progress and, when it is done, its groups. A done
-search is answered again as long as the index holds the same photos: row ids are never reused and
-a changed photo gets a new row (indexer.storage.rows), so the number of vectors and the largest id
-change whenever a photo is added, changed or removed.
+`diffsearch dedup` can take minutes on a large index, longer than an HTTP request should wait. So
+a request starts a search and answers at once; the client asks again for its progress and, when it
+is done, its groups. A done search is answered again as long as the index holds the same photos:
+row ids are never reused and a changed photo gets a new row (indexer.storage.rows), so the number
+of vectors and the largest id change whenever a photo is added, changed or removed.
+
+Each search runs in a process of its own, as the CLI's does, not in a thread of the server: run
+from a second thread, spatial matching's thousands of small torch ops ran at half speed (libgomp
+throttles its threads' spinning once two threads each have a team: find_duplicates on the 2,893
+Caltech test photos took 52 s in a thread, 27 s in a main thread; one compute thread, 29 s). The
+process also takes its latents' memory with it when it ends, and a stopping server ends it at once.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from datetime import datetime, timezone
 from typing import Literal
 
 import numpy as np
 
 from indexer.errors import DiffsearchError
+from indexer.settings import Settings
 from searcher.dedup import find_duplicates
 from searcher.results import DuplicateGroup
 from searcher.searcher import Searcher, normalise_prefix
 
 log = logging.getLogger(__name__)
 
-Finder = Callable[..., list[DuplicateGroup]]  # find_duplicates' signature: (searcher, rule, path_prefix, progress)
+PROGRESS_EVERY_S = 0.25  # how often a search process reports how far it is
 
 
 class DedupBusyError(DiffsearchError):
     """A duplicate search of other photos is still running (one runs at a time)."""
-
-
-class _Stopped(Exception):
-    """Raised inside a running search when the server stops."""
 
 
 def index_state(searcher: Searcher) -> tuple[int, int]:
@@ -63,11 +66,32 @@ class DedupJob:
         return self.seconds if self.seconds is not None else time.perf_counter() - self._clock
 
 
+def search_process(settings: Settings, path_prefix: str | None, conn: Connection) -> None:
+    """A search in a process of its own: ("progress", done, total) while it verifies, then
+    ("done", groups) or ("failed", why) on `conn`."""
+    try:
+        with Searcher(settings.location, settings.runtime_options()) as searcher:
+            last = 0.0
+
+            def progress(done: int, total: int) -> None:
+                nonlocal last
+                if done == total or time.monotonic() - last >= PROGRESS_EVERY_S:
+                    last = time.monotonic()
+                    conn.send(("progress", done, total))
+
+            conn.send(("done", find_duplicates(searcher, None, path_prefix, progress)))
+    except DiffsearchError as exc:
+        conn.send(("failed", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - told to whoever asks, never lost in a process
+        logging.getLogger(__name__).exception("duplicate search failed")
+        conn.send(("failed", f"the search failed ({type(exc).__name__}: {exc})"))
+
+
 class DedupJobs:
     """The server's duplicate searches: at most one running, the latest kept with its result."""
 
-    def __init__(self, searcher: Searcher, find: Finder = find_duplicates) -> None:
-        self.searcher, self.find = searcher, find
+    def __init__(self, searcher: Searcher, settings: Settings) -> None:
+        self.searcher, self.settings = searcher, settings
         self._lock = threading.Lock()
         self._latest: DedupJob | None = None
         self._thread: threading.Thread | None = None
@@ -99,29 +123,48 @@ class DedupJobs:
         return job
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop a running search at its next verified photo and wait for it: the server is stopping,
-        and a thread still in torch when the interpreter exits aborts the process."""
+        """End a running search's process and wait for its thread: the server is stopping."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _run(self, job: DedupJob) -> None:
-        def progress(done: int, total: int) -> None:
-            if self._stopping.is_set():
-                raise _Stopped
-            job.verified, job.to_verify = done, total
-
+        """Start the job's process and follow it until it answers, ends, or the server stops."""
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of a threaded server
+        receive, send = spawn.Pipe(duplex=False)
+        process = spawn.Process(target=search_process, args=(self.settings, job.path_prefix, send), name="diffsearch-dedup", daemon=True)
+        process.start()
+        send.close()
         try:
-            groups = self.find(self.searcher, None, job.path_prefix, progress)
-        except _Stopped:
-            job.detail = "the server stopped before the search was done"
-            job.seconds, job.state = job.elapsed(), "failed"
-            return
-        except Exception as exc:  # noqa: BLE001 - a failed search is reported to whoever asks, never lost in a thread
-            log.exception("duplicate search failed")
-            job.detail = str(exc) if isinstance(exc, DiffsearchError) else f"the search failed ({type(exc).__name__}); the server's log has the details"
-            job.seconds, job.state = job.elapsed(), "failed"
-            return
-        job.groups = groups
-        job.seconds, job.state = job.elapsed(), "done"
-        log.info("duplicate search%s: %d group(s) in %.1f s", f" under {job.path_prefix}" if job.path_prefix else "", len(groups), job.seconds)
+            while job.state == "running":
+                if self._stopping.is_set():
+                    self._finish(job, "failed", detail="the server stopped before the search was done")
+                elif receive.poll(0.2):
+                    self._take(job, receive.recv())
+                elif not process.is_alive() and not receive.poll():
+                    self._finish(job, "failed", detail=f"the search's process ended without an answer (exit code {process.exitcode}); the server's log may say why")
+        except EOFError:
+            self._finish(job, "failed", detail=f"the search's process ended without an answer (exit code {process.exitcode}); the server's log may say why")
+        finally:
+            receive.close()
+            if process.is_alive():
+                process.terminate()
+            process.join(5)
+
+    def _take(self, job: DedupJob, message: tuple) -> None:
+        kind, *payload = message
+        if kind == "progress":
+            job.verified, job.to_verify = payload
+        elif kind == "done":
+            self._finish(job, "done", groups=payload[0])
+        else:
+            self._finish(job, "failed", detail=payload[0])
+
+    def _finish(self, job: DedupJob, state: Literal["done", "failed"], groups: list[DuplicateGroup] | None = None, detail: str | None = None) -> None:
+        job.groups, job.detail = groups or [], detail
+        job.seconds, job.state = job.elapsed(), state
+        where = f" under {job.path_prefix}" if job.path_prefix else ""
+        if state == "done":
+            log.info("duplicate search%s: %d group(s) in %.1f s", where, len(job.groups), job.seconds)
+        else:
+            log.warning("duplicate search%s failed after %.1f s: %s", where, job.seconds, detail)
