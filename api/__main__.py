@@ -1,3 +1,4 @@
 from api.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (a served duplicate search) imports it
+    main()

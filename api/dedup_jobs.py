@@ -20,8 +20,8 @@ import multiprocessing
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from datetime import datetime, timezone
+from multiprocessing.connection import Connection
 from typing import Literal
 
 import numpy as np
@@ -83,7 +83,7 @@ def search_process(settings: Settings, path_prefix: str | None, conn: Connection
     except DiffsearchError as exc:
         conn.send(("failed", str(exc)))
     except Exception as exc:  # noqa: BLE001 - told to whoever asks, never lost in a process
-        logging.getLogger(__name__).exception("duplicate search failed")
+        log.exception("duplicate search failed")
         conn.send(("failed", f"the search failed ({type(exc).__name__}: {exc})"))
 
 
@@ -142,8 +142,8 @@ class DedupJobs:
                 elif receive.poll(0.2):
                     self._take(job, receive.recv())
                 elif not process.is_alive() and not receive.poll():
-                    self._finish(job, "failed", detail=f"the search's process ended without an answer (exit code {process.exitcode}); the server's log may say why")
-        except EOFError:
+                    raise EOFError
+        except EOFError:  # the process ended, or its end of the pipe closed, without an answer
             self._finish(job, "failed", detail=f"the search's process ended without an answer (exit code {process.exitcode}); the server's log may say why")
         finally:
             receive.close()
