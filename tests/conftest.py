@@ -70,22 +70,29 @@ def duplicates_folder(tmp_path_factory, sample_photos, embedder):  # noqa: ANN00
     tilted airplane) that dedup's default rule groups with their originals, indexed once."""
     from indexer.indexing import index_photos
     from indexer.settings import Settings
-    from indexer.training.views import EDITS
 
     root = tmp_path_factory.mktemp("duplicates")
-    photos = root / "photos"
-    photos.mkdir()
-    for p in sample_photos:
-        (photos / p.name).write_bytes(p.read_bytes())
-    for name, (source, edit, seed) in DUPLICATE_COPIES.items():
-        EDITS[edit](Image.open(photos / source).convert("RGB"), np.random.default_rng(seed)).save(photos / name)
+    photos = samples_with_duplicates(root / "photos", sample_photos)
     settings = Settings.load(env={}, index_dir=root / "index", workers=0)
     assert index_photos([photos], settings, embedder=embedder).added == len(sample_photos) + len(DUPLICATE_COPIES)
     return photos, root / "index"
 
 
-# The edited copies in `duplicates_folder`: name -> (original, edit, seed).
+# The edited copies `samples_with_duplicates` adds: name -> (original, edit, seed); 0.46 and 0.26
+# from their originals, which dedup's default rule groups them with.
 DUPLICATE_COPIES = {"leopard_gray.png": ("Leopards_image_0007.jpg", "grayscale", 10), "airplane_tilted.png": ("airplanes_image_0021.jpg", "rotate", 30)}
+
+
+def samples_with_duplicates(photos: Path, sample_photos: list[Path]) -> Path:
+    """`photos`, made to hold the sample photos and DUPLICATE_COPIES."""
+    from indexer.training.views import EDITS
+
+    photos.mkdir(parents=True)
+    for p in sample_photos:
+        (photos / p.name).write_bytes(p.read_bytes())
+    for name, (source, edit, seed) in DUPLICATE_COPIES.items():
+        EDITS[edit](Image.open(photos / source).convert("RGB"), np.random.default_rng(seed)).save(photos / name)
+    return photos
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from indexer.errors import ConfigError
-from indexer.training.views import EDITS
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
@@ -15,6 +14,7 @@ from searcher.dedup_rule import VECTORS_ONLY, DedupRule, default_rule, duplicate
 from searcher.kept_latents import KeptLatents
 from searcher.verification import pair_matches
 from searcher.searcher import Searcher
+from tests.conftest import samples_with_duplicates
 
 
 def background(n=17, start=0.8):
@@ -83,19 +83,10 @@ def test_the_copy_to_keep_has_the_most_pixels_then_the_oldest_file_then_the_larg
 
 
 def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp_path, embedder, sample_photos, caplog):
-    from PIL import Image
-
     from indexer.indexing import index_photos
     from indexer.settings import Settings
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for p in sample_photos:
-        (photos / p.name).write_bytes(p.read_bytes())
-    leopard, airplane = (next(p for p in sample_photos if p.name == name) for name in ("Leopards_image_0007.jpg", "airplanes_image_0021.jpg"))
-    copies = {"leopard_gray.png": (leopard, "grayscale", 10), "airplane_tilted.png": (airplane, "rotate", 30)}  # 0.46, 0.26 away
-    for name, (source, edit, seed) in copies.items():
-        EDITS[edit](Image.open(source).convert("RGB"), np.random.default_rng(seed)).save(photos / name)
+    photos = samples_with_duplicates(tmp_path / "photos", sample_photos)  # its own copy: photos are moved away below
     settings = Settings.load(env={}, index_dir=tmp_path / "index", workers=0)
     index_photos([photos], settings, embedder=embedder)
     searcher = Searcher(settings.index_dir, model=embedder.model)
