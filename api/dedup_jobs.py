@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from typing import Literal
 
-import numpy as np
-
 from indexer.errors import DiffsearchError
 from indexer.settings import Settings
 from searcher.dedup import find_duplicates
@@ -43,8 +41,7 @@ class DedupBusyError(DiffsearchError):
 
 def index_state(searcher: Searcher) -> tuple[int, int]:
     """(number of vectors, largest id): changes whenever a photo is added, changed or removed."""
-    ids = np.asarray(searcher.fresh_vectors().ids(), dtype=np.int64)
-    return len(ids), int(ids.max()) if len(ids) else 0
+    return searcher.fresh_vectors().extent()
 
 
 @dataclass

@@ -140,6 +140,12 @@ class PgVectors:
         with Session(self.engine) as session:
             return np.array(session.scalars(select(PhotoVector.id).order_by(PhotoVector.id)).all(), dtype=np.int64)
 
+    def extent(self) -> tuple[int, int]:
+        """(number of vectors, largest id; 0 when empty), counted by the database."""
+        with Session(self.engine) as session:
+            count, largest = session.execute(select(func.count(), func.max(PhotoVector.id)).select_from(PhotoVector)).one()
+        return int(count or 0), int(largest or 0)
+
     def reconstruct(self, id_: int) -> npt.NDArray[np.float32] | None:
         if not 0 < int(id_) < 2**31:
             return None

@@ -85,6 +85,11 @@ class VectorStore:
     def ids(self) -> npt.NDArray[np.int64]:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
+    def extent(self) -> tuple[int, int]:
+        """(number of vectors, largest id; 0 when empty), read in place: no copy of the ids."""
+        n = int(self.index.id_map.size())
+        return n, int(faiss.rev_swig_ptr(self.index.id_map.data(), n).max()) if n else 0
+
     def add(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[1:] != (self.dim,):

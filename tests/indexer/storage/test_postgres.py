@@ -32,7 +32,9 @@ def test_samples_give_the_same_vectors_and_top10_as_faiss(pg_url, tmp_path, sear
         assert pg.index.vectors.kind == "pgvector exact" and len(pg) == len(searcher)
         assert pg.index.consistency(thorough=True).ok
         queries = np.stack([searcher.index.vectors.reconstruct(i) for i in searcher.index.vectors.ids()[:12]])
-        ids = pg.index.vectors.ids()[:5].tolist()
+        all_ids = pg.index.vectors.ids()
+        assert pg.index.vectors.extent() == (len(all_ids), int(all_ids.max()))
+        ids = all_ids[:5].tolist()
         many = pg.index.vectors.reconstruct_many([*ids, 2**40])  # one query; an impossible id is skipped
         assert sorted(many) == sorted(ids) and np.allclose(many[ids[2]], pg.index.vectors.reconstruct(ids[2]))
         for faiss_hits, pg_hits in zip(searcher.query_vectors(queries, k=10), pg.query_vectors(queries, k=10)):

@@ -12,8 +12,10 @@ def unit(n, d=32, seed=0):
 
 def test_flat_is_exact_and_round_trips(tmp_path):
     store = VectorStore(tmp_path / "v.faiss", 32)
+    assert store.extent() == (0, 0)
     x = unit(200)
     store.add(np.arange(1, 201), x)
+    assert store.extent() == (200, 200)
     d2, ids = store.search(x[:5], 3)
     assert ids[:, 0].tolist() == [1, 2, 3, 4, 5] and np.allclose(d2[:, 0], 0, atol=1e-5)
     brute = np.argsort(((x[7] - x) ** 2).sum(1))[:10] + 1
@@ -22,6 +24,7 @@ def test_flat_is_exact_and_round_trips(tmp_path):
     store.save()
     again = VectorStore(tmp_path / "v.faiss", 32)
     assert len(again) == 198 and 1 not in again.ids()
+    assert again.remove([200]) == 1 and again.extent() == (197, 199)  # what a changed photo's new row moves
     np.testing.assert_allclose(again.reconstruct(50), x[49], atol=1e-6)
     assert again.reconstruct(10**9) is None and again.reconstruct(2**64) is None
     many = again.reconstruct_many([60, 1, 50, 10**9])  # the ones it holds
@@ -46,7 +49,7 @@ def test_hnsw_removal_rebuilds(tmp_path):
     x = unit(300)
     store.add(np.arange(1, 301), x)
     assert store.remove([10, 11, 12]) == 3 and len(store) == 297
-    assert 10 not in store.ids()
+    assert 10 not in store.ids() and store.extent() == (297, 300)
     assert store.search(x[20:21], 1)[1][0, 0] == 21
 
 
