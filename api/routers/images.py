@@ -74,7 +74,9 @@ def image(searcher: SearcherDep, photo_id: PhotoId) -> StreamingResponse:
 
 def _render_thumbnail(handle: IO[bytes], size: int) -> bytes:
     with handle:
-        image, _ = load_image(handle, min_side=2 * size)  # a JPEG decodes reduced, as thumbnail() would
+        # A JPEG decodes reduced, as thumbnail() would; a HEIC from an embedded thumbnail at least as
+        # large as a 4:3 photo is shown (an iPhone's 320 x 240 for the page's 256), not in full.
+        image, _ = load_image(handle, min_side=2 * size, thumbnail_side=3 * size // 4)
     image.thumbnail((size, size))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -33,6 +34,10 @@ BLOCK_PREFIXES = ("down.", "mid", "up.")
 DEFAULT_MODEL = "default"
 # A reduced JPEG decode keeps the shorter side at least this many times image_size (`decode_side`).
 DECODE_MARGIN = 3
+# Failing one of DECODE_MARGIN x image_size, a HEIC/HEIF decodes from an embedded thumbnail whose
+# shorter side is at least this many times image_size (`thumbnail_side`): 1.5 x 128 = 192, so an
+# iPhone's 320 x 240 thumbnail qualifies.
+THUMBNAIL_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,13 @@ class EmbeddingConfig:
     # (every Caltech test photo) decode in full either way.
     # Configs saved before this setting existed decoded in full, and read back so.
     reduced_decode: bool = True
+    # Decode a HEIC/HEIF photo from a thumbnail embedded in it (iPhones write 320 or 512 px ones)
+    # that is a scaled copy of it with a shorter side of at least `decode_side` (as a JPEG), else
+    # at least THUMBNAIL_MARGIN x image_size (`thumbnail_side`), resampled to the photo's exact
+    # aspect. A phone's 12-megapixel HEIC decodes in full in ~1 s on one core, several times what
+    # the model spends on it (bench/decode.py --format heic).
+    # Configs saved before this setting existed decoded in full, and read back so.
+    heif_thumbnails: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 8:
@@ -139,6 +151,11 @@ class EmbeddingConfig:
         return DECODE_MARGIN * self.image_size if self.reduced_decode else 0
 
     @property
+    def thumbnail_side(self) -> int:
+        """The shortest an embedded HEIF thumbnail's shorter side may be to decode from it (`indexer.images.load_image`); 0: never."""
+        return math.ceil(THUMBNAIL_MARGIN * self.image_size) if self.heif_thumbnails else 0
+
+    @property
     def uses_unet(self) -> bool:
         return any(name != LATENT for name in self.blocks)
 
@@ -155,6 +172,7 @@ class EmbeddingConfig:
         values.setdefault("frame_aspect", 1.0)  # saved before the setting existed: the centre square
         values.setdefault("trim_repeat", False)  # saved before the setting existed: one trim
         values.setdefault("reduced_decode", False)  # saved before the setting existed: decoded in full
+        values.setdefault("heif_thumbnails", False)  # likewise
         return cls.from_dict(values)
 
     @classmethod
@@ -187,6 +205,8 @@ class EmbeddingConfig:
             del config["trim_repeat"]  # likewise (and without trimming it changes nothing)
         if not self.reduced_decode:
             del config["reduced_decode"]  # likewise
+        if not self.heif_thumbnails:
+            del config["heif_thumbnails"]  # likewise
         payload = json.dumps({"config": config, "model": model_fingerprint}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

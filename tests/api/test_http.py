@@ -200,3 +200,27 @@ def test_expansion_is_on_by_default_and_can_be_turned_off_everywhere(client, sea
         cli = run_cli("query", str(query), "-k", "20", "--json", "--index", str(sample_index), *flags, env=env)
         assert cli.returncode == 0, cli.stderr
         assert [r["id"] for r in json.loads(cli.stdout)["data"]] == expected, (flags, env)
+
+
+def test_a_heic_thumbnail_is_drawn_from_the_one_embedded_in_it(tmp_path, sample_photos, monkeypatch):
+    """The page's thumbnails of an iPhone-like HEIC (a 320 x 240 thumbnail inside) decode that, not
+    its full picture: the decoded size is the embedded thumbnail's, the reply the page's size."""
+    import io
+
+    from PIL import Image
+
+    import api.routers.images as images
+
+    heic = tmp_path / "phone.heic"
+    Image.open(sample_photos[5]).convert("RGB").resize((1600, 1200)).save(heic, format="HEIF", quality=80, thumbnails=[320], enc_params={"preset": "ultrafast"})
+    decoded = []
+
+    def spy(*args, **kwargs):
+        image, info = images_load(*args, **kwargs)
+        decoded.append(image.size)
+        return image, info
+
+    images_load = images.load_image
+    monkeypatch.setattr(images, "load_image", spy)
+    drawn = Image.open(io.BytesIO(images._render_thumbnail(heic.open("rb"), 256)))
+    assert decoded == [(320, 240)] and drawn.size == (256, 192)

@@ -129,6 +129,26 @@ def test_heic_via_pillow_heif(tmp_path):
     assert r > 180 and g < 60 and b < 60
 
 
+def test_a_heic_decodes_from_its_embedded_thumbnail_when_that_is_large_enough(tmp_path):
+    photo = Image.open(make_photo(tmp_path / "p.png", 4, size=(160, 120))).resize((1600, 1200))
+    photo.save(tmp_path / "phone.heic", format="HEIF", quality=80, thumbnails=[320], enc_params={"preset": "ultrafast"})
+    full, info = load_image(tmp_path / "phone.heic")
+    assert full.size == (1600, 1200)
+    small, info = load_image(tmp_path / "phone.heic", thumbnail_side=192)  # an iPhone's 320 x 240 qualifies
+    assert small.size == (320, 240) and (info.width, info.height, info.format) == (1600, 1200, "HEIF")
+    assert np.abs(np.asarray(small.resize((160, 120)), float) - np.asarray(full.resize((160, 120)), float)).mean() < 8
+    assert load_image(tmp_path / "phone.heic", thumbnail_side=300)[0].size == (1600, 1200)  # too small: in full
+    assert load_image(tmp_path / "phone.heic", min_side=192)[0].size == (1600, 1200)  # the JPEG setting alone: in full
+    photo.save(tmp_path / "two.heic", format="HEIF", quality=80, thumbnails=[320, 512], enc_params={"preset": "ultrafast"})
+    assert load_image(tmp_path / "two.heic", 384, 192)[0].size == (512, 384)  # the one as large as a JPEG decodes
+    assert load_image(tmp_path / "two.heic", 400, 192)[0].size == (320, 240)  # else the smaller one
+    wide = photo.resize((1600, 1066))  # its 320 x 212 thumbnail is 1.509:1, the photo 1.501:1
+    wide.save(tmp_path / "wide.heic", format="HEIF", quality=80, thumbnails=[320], enc_params={"preset": "ultrafast"})
+    assert load_image(tmp_path / "wide.heic", 384, 192)[0].size == (318, 212)  # resampled to the photo's aspect
+    Image.open(tmp_path / "p.png").save(tmp_path / "p.jpg", quality=90)
+    assert load_image(tmp_path / "p.jpg", thumbnail_side=64)[0].size == (160, 120)  # a JPEG has no such thumbnail
+
+
 def test_flat_borders_are_trimmed_and_photos_are_left_alone():
     from indexer.images import trim_border
 

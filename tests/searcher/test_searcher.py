@@ -159,6 +159,34 @@ def test_a_searcher_used_as_a_context_closes_its_index(sample_index, default_mod
     assert handles() == before
 
 
+def test_a_phone_heic_is_indexed_and_searched_from_its_embedded_thumbnail(tmp_path, embedder):
+    from indexer.embedding.embedder import Embedder
+    from indexer.indexing import index_photos
+    from indexer.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    heic = photos / "phone.heic"  # as an iPhone stores it: a 320 x 240 thumbnail inside
+    photo = Image.open(sorted(SAMPLES.glob("*.jpg"))[7]).convert("RGB").resize((1600, 1200), Image.Resampling.BICUBIC)
+    photo.save(heic, format="HEIF", quality=80, thumbnails=[320], enc_params={"preset": "ultrafast"})
+    for p in sorted(SAMPLES.glob("*.jpg"))[:3]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    settings = Settings.load(env={}, index_dir=tmp_path / "index", workers=0)
+    index_photos([photos], settings, embedder=embedder)
+    with Searcher(settings.index_dir, model=embedder.model) as searcher:
+        assert searcher.embedder.config.thumbnail_side == 192
+        for query in (heic, heic.read_bytes()):
+            first = searcher.query(query, k=2)[0]
+            assert first.path == str(heic) and first.distance < 1e-3
+            assert (first.width, first.height) == (1600, 1200)  # the file's own size
+        stored = searcher.embed([heic])[0]
+        full = Embedder(embedder.config.replace(heif_thumbnails=False), embedder.options, model=embedder.model).embed([heic])[0]
+        assert 1e-4 < np.linalg.norm(stored - full) < 0.3  # the thumbnail is used; bench/decode.py measures the cost
+        exported = io.BytesIO()
+        photo.save(exported, "JPEG", quality=92)  # the same photo exported as a JPEG still finds it first
+        assert searcher.query(exported.getvalue(), k=1)[0].path == str(heic)
+
+
 def test_a_large_jpeg_is_indexed_and_searched_from_one_reduced_decode(tmp_path, embedder):
     from indexer.embedding.embedder import Embedder
     from indexer.indexing import index_photos

@@ -44,6 +44,16 @@ def test_fingerprint_tracks_config(embedder):
     assert latent_only.dim == 32 * 16
 
 
+def test_the_bundled_projection_serves_every_decode_setting(embedder):
+    """How photos are decoded (reduced JPEGs, HEIC thumbnails, or in full) does not change the
+    features' statistics: the one projection shipped with the model serves each combination."""
+    assert embedder.config == EmbeddingConfig() and embedder.projection is not None and embedder.dim == 384
+    for decode in ({"heif_thumbnails": False}, {"reduced_decode": False}, {"heif_thumbnails": False, "reduced_decode": False}):
+        other = Embedder(embedder.config.replace(**decode), RuntimeOptions(device="cpu"), model=embedder.model)
+        assert other.projection is not None and other.projection.digest == embedder.projection.digest, decode
+        assert other.fingerprint != embedder.fingerprint  # but the vectors are not mixed in one index
+
+
 def test_whole_frame_vectors_match_the_square_and_keep_the_frames_latent(embedder, sample_photos):
     """A whole-frame vector comes from the centre window of the frame's latent: within float noise
     of encoding the centre square alone (the encoder sees a little past the square's edge)."""
