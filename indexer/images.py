@@ -35,8 +35,10 @@ MAX_FILE_BYTES = 512 * 2**20
 # The most pixels decoded for one photo (load_image refuses more with its own error; Pillow's own
 # decompression-bomb guard refuses files above ~179 megapixels outright).
 MAX_PIXELS = 64_000_000
+# .jfif: how browsers on Windows save many JPEGs; .hif: Canon's and Sony's HEIF; .avif: AV1 photos
+# (Pillow's own plugin).
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif"}
 )
 
 

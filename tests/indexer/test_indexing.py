@@ -77,6 +77,9 @@ def test_bad_files_are_skipped_recorded_and_counted(tmp_path, settings, embedder
     make_photo(photos / "good3.bmp", 3)
     make_photo(photos / "good4.tiff", 4)
     Image.new("RGB", (80, 60), "teal").save(photos / "good5.heic", format="HEIF")
+    make_photo(photos / "good6.jfif", 6, fmt="JPEG")  # a browser's download on Windows
+    make_photo(photos / "good7.avif", 7, fmt="AVIF")
+    Image.open(make_photo(tmp_path / "canon.png", 8)).save(photos / "good8.HIF", format="HEIF")  # a camera's HEIF
     (photos / "zero.jpg").write_bytes(b"")
     good = make_photo(tmp_path / "big.jpg", 5, size=(400, 300)).read_bytes()
     (photos / "truncated.jpg").write_bytes(good[: len(good) // 3])
@@ -94,7 +97,7 @@ def test_bad_files_are_skipped_recorded_and_counted(tmp_path, settings, embedder
     assert expected_failures <= set(reasons)
     assert "empty" in reasons["zero.jpg"] and "not an image" in reasons["notes.png"]
     assert "too large" in reasons["bomb.png"]
-    assert summary.added == 5 + (os.geteuid() == 0)
+    assert summary.added == 8 + (os.geteuid() == 0)
     assert summary.failed == len(reasons)
     index = PhotoIndex.open(settings.index_dir)
     with Session(index.engine) as session:
