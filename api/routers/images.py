@@ -1,4 +1,5 @@
-"""GET /images/{id} and /images/{id}/thumbnail: only photos that are in the index, by id (never by path).
+"""GET /images/{id} and /images/{id}/thumbnail: only photos that are in the index, by id (never by path);
+POST /images/preview: an uploaded photo drawn as a JPEG, for the page to show a query its browser cannot.
 
 A photo is served only while it is still the photo that was indexed: a regular file, inside a
 folder that was indexed once links are resolved, with the size and mtime its row records.
@@ -15,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from api.deps import PhotoId, SearcherDep
+from api.deps import PhotoId, SearcherDep, SettingsDep
+from api.routers.search import read_limited
+from api.schemas import ErrorResponse
 from indexer.errors import InvalidImageError
 from indexer.files import is_inside
 from indexer.images import NotARegularFileError, load_image, open_regular
@@ -30,6 +33,7 @@ router = APIRouter(prefix="/images", tags=["images"])
 THUMBNAIL_DIR = "thumbnails"
 CHUNK = 1 << 16
 RESPONSES = {404: {"description": "Unknown id, or its file is gone"}, 410: {"description": "The file is no longer the indexed photo"}}
+ThumbnailSize = Annotated[int, Query(ge=16, le=1024, description="The longer side, at most (pixels)")]
 
 
 def _open_indexed(searcher: SearcherDep, photo_id: int) -> tuple[Photo, IO[bytes]]:
@@ -102,9 +106,7 @@ def _cache(target: Path, data: bytes) -> bool:
 
 
 @router.get("/{photo_id}/thumbnail", response_class=Response, responses=RESPONSES)
-async def thumbnail(
-    searcher: SearcherDep, photo_id: PhotoId, size: Annotated[int, Query(ge=16, le=1024)] = 256
-) -> Response:
+async def thumbnail(searcher: SearcherDep, photo_id: PhotoId, size: ThumbnailSize = 256) -> Response:
     row, handle = await run_in_threadpool(_open_indexed, searcher, photo_id)
     # Keyed by content hash: a changed photo gets a new thumbnail, never a stale one.
     cache = searcher.index.cache_dir  # None (a Postgres index): no shared folder, render each time
@@ -120,3 +122,13 @@ async def thumbnail(
     if target is not None and not searcher.index.read_only:
         await run_in_threadpool(_cache, target, data)
     return Response(data, media_type="image/jpeg", headers=headers)
+
+
+@router.post(
+    "/preview", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, 400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}}
+)
+async def preview(settings: SettingsDep, file: Annotated[UploadFile, File(description="A photo")], size: ThumbnailSize = 256) -> Response:
+    """The uploaded photo drawn as a JPEG of at most `size` pixels a side, turned as shown: for a
+    page to show a query photo its browser cannot (HEIC in most browsers, TIFF). Nothing is kept."""
+    data = await read_limited(file, int(settings.max_upload_mb * 2**20))
+    return Response(await run_in_threadpool(_render_thumbnail, io.BytesIO(data), size), media_type="image/jpeg")

@@ -137,7 +137,7 @@ def test_a_pasted_image_is_searched_and_each_result_links_to_its_photo(driver, s
     assert driver.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query)
 
 
-def test_a_heic_upload_is_searched_without_a_broken_preview(driver, server_url, sample_photos, tmp_path):
+def test_a_heic_upload_is_searched_and_shown_as_the_server_draws_it(driver, server_url, sample_photos, tmp_path):
     import pillow_heif
     from PIL import Image
     from selenium.webdriver.common.by import By
@@ -153,7 +153,12 @@ def test_a_heic_upload_is_searched_without_a_broken_preview(driver, server_url, 
     wait = WebDriverWait(driver, 60)
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "results for iphone.heic"))
     assert driver.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query)
-    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#query img"))  # the browser cannot show HEIC: no broken icon
+    # The browser cannot show HEIC: the page asks the server to draw it (POST /images/preview).
+    shown = "const i = document.querySelector('#query img'); return i && i.src.startsWith('blob:') && i.complete ? i.naturalWidth : 0"
+    wait.until(lambda d: d.execute_script(shown) > 0)
+    drawn = Image.open(query)
+    drawn.thumbnail((256, 256))
+    assert driver.execute_script(shown) == drawn.width and len(driver.find_elements(By.CSS_SELECTOR, "#query img")) == 1
 
 
 def test_a_folder_narrows_the_search_and_changing_it_searches_again(driver, server_url, sample_photos):

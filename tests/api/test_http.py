@@ -224,3 +224,23 @@ def test_a_heic_thumbnail_is_drawn_from_the_one_embedded_in_it(tmp_path, sample_
     monkeypatch.setattr(images, "load_image", spy)
     drawn = Image.open(io.BytesIO(images._render_thumbnail(heic.open("rb"), 256)))
     assert decoded == [(320, 240)] and drawn.size == (256, 192)
+
+
+def test_an_uploaded_photo_is_drawn_as_a_jpeg_for_the_page(client, sample_photos, tmp_path):
+    """POST /images/preview: what the page shows for a query its browser cannot (HEIC), drawn by the
+    server; bad input is a 400 with its reason, too large a 413, as for /search."""
+    import io
+
+    from PIL import Image
+
+    heic = io.BytesIO()
+    Image.open(sample_photos[2]).save(heic, format="HEIF")
+    reply = client.post("/images/preview", files={"file": ("q.heic", heic.getvalue(), "image/heic")}, params={"size": 64})
+    assert reply.status_code == 200 and reply.headers["content-type"] == "image/jpeg"
+    drawn = Image.open(io.BytesIO(reply.content))
+    assert drawn.format == "JPEG" and max(drawn.size) == 64
+    bad = client.post("/images/preview", files={"file": ("README.md", b"# not a photo", "text/plain")})
+    assert bad.status_code == 400 and "not an image" in bad.json()["detail"]
+    assert client.post("/images/preview", files={"file": ("big.jpg", b"0" * (2 << 20), "image/jpeg")}).status_code == 413  # 1 MiB limit here
+    assert client.post("/images/preview", files={"file": ("e.jpg", b"", "image/jpeg")}).status_code == 400
+    assert client.post("/images/preview", files={"file": ("q.jpg", sample_photos[2].read_bytes(), "image/jpeg")}, params={"size": 5}).status_code == 422
