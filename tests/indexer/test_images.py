@@ -145,6 +145,15 @@ def test_a_heic_decodes_from_its_embedded_thumbnail_when_that_is_large_enough(tm
     wide = photo.resize((1600, 1066))  # its 320 x 212 thumbnail is 1.509:1, the photo 1.501:1
     wide.save(tmp_path / "wide.heic", format="HEIF", quality=80, thumbnails=[320], enc_params={"preset": "ultrafast"})
     assert load_image(tmp_path / "wide.heic", 384, 192)[0].size == (318, 212)  # resampled to the photo's aspect
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: an iPhone held upright
+    exif.get_ifd(0x8769)[0x9003] = "2020:01:02 03:04:05"  # DateTimeOriginal
+    photo.save(tmp_path / "upright.heic", format="HEIF", quality=80, exif=exif.tobytes(), thumbnails=[320], enc_params={"preset": "ultrafast"})
+    upright, info = load_image(tmp_path / "upright.heic", 384, 192)
+    assert upright.size == (240, 320) and (info.width, info.height) == (1200, 1600)  # turned as the photo is
+    turned = load_image(tmp_path / "upright.heic")[0].resize((120, 160))
+    assert np.abs(np.asarray(upright.resize((120, 160)), float) - np.asarray(turned, float)).mean() < 8  # the same way
+    assert info.taken_at is not None and info.taken_at.year == 2020
     Image.open(tmp_path / "p.png").save(tmp_path / "p.jpg", quality=90)
     assert load_image(tmp_path / "p.jpg", thumbnail_side=64)[0].size == (160, 120)  # a JPEG has no such thumbnail
 
