@@ -159,6 +159,11 @@ def test_a_heic_upload_is_searched_and_shown_as_the_server_draws_it(driver, serv
     drawn = Image.open(query)
     drawn.thumbnail((256, 256))
     assert driver.execute_script(shown) == drawn.width and len(driver.find_elements(By.CSS_SELECTOR, "#query img")) == 1
+    # A result in such a format opens as the server's 1024 px JPEG of it; any other as itself.
+    opens = "return card({id: 7, path: arguments[0], distance: 0}, '', '').querySelector('.open').href"
+    assert driver.execute_script(opens, "/photos/IMG_0001.HEIC").endswith("/images/7/thumbnail?size=1024")
+    assert driver.execute_script(opens, "/photos/scan.tif").endswith("/images/7/thumbnail?size=1024")
+    assert driver.execute_script(opens, "/photos/IMG_0002.jpg").endswith("/images/7")
 
 
 def test_a_folder_narrows_the_search_and_changing_it_searches_again(driver, server_url, sample_photos):
