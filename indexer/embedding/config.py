@@ -40,6 +40,18 @@ DECODE_MARGIN = 3
 THUMBNAIL_MARGIN = 1.5
 
 
+# Settings added after indexes were first stored, each with what every index from before it did:
+# such an index reads the setting back so (`EmbeddingConfig.from_stored`), and a config at that
+# value keeps the fingerprint it had before the setting existed (`EmbeddingConfig.fingerprint`).
+ADDED_LATER: dict[str, Any] = {
+    "trim_borders": False,  # no trimming
+    "frame_aspect": 1.0,  # the centre square
+    "trim_repeat": False,  # one trim
+    "reduced_decode": False,  # every JPEG decoded in full
+    "heif_thumbnails": False,  # every HEIC decoded in full
+}
+
+
 @dataclass(frozen=True)
 class EmbeddingConfig:
     """How an image becomes a vector. Saved beside every index; a mismatch on open is an error.
@@ -169,13 +181,7 @@ class EmbeddingConfig:
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> EmbeddingConfig:
         """A config as an index stored it, from any release: settings it predates read as they were then."""
-        values = {k: v for k, v in data.items() if k != "dtype"}  # dtype: a runtime option now
-        values.setdefault("trim_borders", False)  # saved before the setting existed: no trimming
-        values.setdefault("frame_aspect", 1.0)  # saved before the setting existed: the centre square
-        values.setdefault("trim_repeat", False)  # saved before the setting existed: one trim
-        values.setdefault("reduced_decode", False)  # saved before the setting existed: decoded in full
-        values.setdefault("heif_thumbnails", False)  # likewise
-        return cls.from_dict(values)
+        return cls.from_dict(ADDED_LATER | {k: v for k, v in data.items() if k != "dtype"})  # dtype: a runtime option now
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbeddingConfig:
@@ -199,16 +205,11 @@ class EmbeddingConfig:
         config: bf16 and fp32 give the same vectors to float noise, so it no longer is.
         """
         config = self.to_dict() | ({"dtype": legacy_dtype} if legacy_dtype else {})
+        for name, before in ADDED_LATER.items():
+            if config[name] == before:
+                del config[name]  # a config as it was before the setting keeps the fingerprint it had then
         if not self.trim_borders:
-            del config["trim_borders"]  # the fingerprints of configs from before the setting stay as they were
-        if self.frame_aspect == 1.0:
-            del config["frame_aspect"]  # likewise
-        if not self.trim_repeat or not self.trim_borders:
-            del config["trim_repeat"]  # likewise (and without trimming it changes nothing)
-        if not self.reduced_decode:
-            del config["reduced_decode"]  # likewise
-        if not self.heif_thumbnails:
-            del config["heif_thumbnails"]  # likewise
+            config.pop("trim_repeat", None)  # without trimming, repeating it changes nothing
         payload = json.dumps({"config": config, "model": model_fingerprint}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
