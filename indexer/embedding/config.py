@@ -170,6 +170,11 @@ class EmbeddingConfig:
         return math.ceil(THUMBNAIL_MARGIN * self.image_size) if self.heif_thumbnails else 0
 
     @property
+    def decode_sides(self) -> tuple[int, int]:
+        """(`decode_side`, `thumbnail_side`): how `indexer.images.load_image` may decode a photo smaller."""
+        return self.decode_side, self.thumbnail_side
+
+    @property
     def uses_unet(self) -> bool:
         return any(name != LATENT for name in self.blocks)
 

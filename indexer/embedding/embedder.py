@@ -142,12 +142,12 @@ class Embedder:
         """Decode, EXIF-transpose and crop one image to (3, S, S), or its frame (3, S, W) or (3, H, S)
         when the config's frame_aspect allows one; raises InvalidImageError."""
         config = self.config
-        return prepare(image, config.image_size, config.trims, config.frame_aspect, config.decode_side, config.thumbnail_side)
+        return prepare(image, config.image_size, config.trims, config.frame_aspect, *config.decode_sides)
 
     def prepare_with_mirror(self, image: ImageInput) -> list[torch.Tensor]:
         """`prepare` of the image and of its left-right mirror, from one decode."""
         config = self.config
-        return prepare_with_mirror(image, config.image_size, config.trims, config.frame_aspect, config.decode_side, config.thumbnail_side)
+        return prepare_with_mirror(image, config.image_size, config.trims, config.frame_aspect, *config.decode_sides)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""
@@ -187,7 +187,7 @@ class Embedder:
         against photos' latents (searcher.rerank). At scale 1 the template is the centre window of
         the query's own frame latent (`query_template`): no encoding of its own. Borders are
         trimmed once for every scale."""
-        trimmed = trim_borders(load_image(image, self.config.decode_side, self.config.thumbnail_side)[0], self.config.trims)
+        trimmed = trim_borders(load_image(image, *self.config.decode_sides)[0], self.config.trims)
         sizes = [cells * self.model.downscale for cells in self._template_cells()]
         return [to_tensor([crop_for_embedding(trimmed, size, trim=0)])[0] for size in sizes]
 
