@@ -10,14 +10,16 @@ import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Union
+from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from indexer.errors import InvalidImageError
+
+if TYPE_CHECKING:  # torch loads where tensors are made: `diffsearch --help`, `stats`, `check` need none
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +345,8 @@ def _centre_crop(image: Image.Image, width: int, height: int, out_w: int, out_h:
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """RGB images of one size -> float tensor (B, 3, H, W) in [0, 1]."""
+    import torch
+
     batch = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
