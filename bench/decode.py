@@ -78,7 +78,7 @@ def decode_seconds(photos: list[Path], config: EmbeddingConfig) -> float:
     """Mean seconds to decode and crop one photo as a decode worker does, one thread."""
     started = time.perf_counter()
     for path in photos:
-        image, _ = load_image(path, *config.decode_sides)
+        image, _ = load_image(path, *config.decode_options)
         crop_for_embedding(image, config.image_size, config.trims, frame_aspect=config.frame_aspect)
     return (time.perf_counter() - started) / len(photos)
 
@@ -101,7 +101,7 @@ print(imported, peak())
 def worker_peak_mb(photos: list[Path], config: EmbeddingConfig) -> float:
     """How much a fresh process's peak RSS grows while it decodes and crops every photo (its
     imports' memory left out)."""
-    sides = [str(side) for side in config.decode_sides]
+    sides = [str(config.decode_side), str(config.thumbnail_side)]
     out = subprocess.run([sys.executable, "-c", WORKER, *sides, *map(str, photos)], cwd=ROOT, capture_output=True, text=True, check=True)
     imported, peak = map(int, out.stdout.split()[-2:])
     return (peak - imported) / 1024
@@ -110,7 +110,7 @@ def worker_peak_mb(photos: list[Path], config: EmbeddingConfig) -> float:
 def filtered_thumbnail(path: Path, config: EmbeddingConfig) -> Image.Image:
     """The photo as if its chosen thumbnail had been made with a proper filter (module docstring)."""
     chosen = Image.open(path)
-    reduced_decode(chosen, *config.decode_sides)
+    reduced_decode(chosen, config.decode_side, config.thumbnail_side)
     full, info = load_image(path)
     buffer = io.BytesIO()
     full.resize(chosen.size, Image.Resampling.LANCZOS).save(buffer, format="HEIF", quality=80)

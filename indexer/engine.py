@@ -49,7 +49,7 @@ class Decoded:
 def decode_file(path: Path, config: EmbeddingConfig) -> Decoded:
     """Read, hash, decode and crop one photo file as `config` says (what an engine's workers do)."""
     try:
-        image, info = load_image(path, *config.decode_sides)
+        image, info = load_image(path, *config.decode_options)
         pixels = to_tensor([crop_for_embedding(image, config.image_size, config.trims, frame_aspect=config.frame_aspect)])[0]
         return Decoded(pixels, info, content_hash(path), None)
     except InvalidImageError as exc:

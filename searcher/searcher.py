@@ -128,7 +128,7 @@ class Searcher:
 
     def _prepare(self, images: Sequence[ImageInput], mirrored: bool) -> tuple[list[Image.Image], list[torch.Tensor]]:
         """Each image decoded once, and cropped as the embedder crops it (and its mirror)."""
-        decoded = [load_image(image, *self.embedder.config.decode_sides)[0] for image in images]
+        decoded = [load_image(image, *self.embedder.config.decode_options)[0] for image in images]
         if not mirrored:
             return decoded, [self.embedder.prepare(image) for image in decoded]
         return decoded, [p for image in decoded for p in self.embedder.prepare_with_mirror(image)]

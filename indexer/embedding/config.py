@@ -49,6 +49,7 @@ ADDED_LATER: dict[str, Any] = {
     "trim_repeat": False,  # one trim
     "reduced_decode": False,  # every JPEG decoded in full
     "heif_thumbnails": False,  # every HEIC decoded in full
+    "to_srgb": False,  # pixels read as sRGB whatever the colour profile
 }
 
 
@@ -128,6 +129,12 @@ class EmbeddingConfig:
     # ones, a JPEG q80 re-save 0.031 (bench/decode.py --format heic, bench/results/decode.md).
     # Configs saved before this setting existed decoded in full, and read back so.
     heif_thumbnails: bool = True
+    # Convert a photo tagged with another colour space's ICC profile (an iPhone's Display P3, a
+    # camera's Adobe RGB, ProPhoto) to sRGB before the model sees it (indexer.images.convert_to_srgb):
+    # read as sRGB, such a copy of a photo sat median 0.059 (P3) to 0.188 (ProPhoto) from the
+    # sRGB photo; converted, 0.031 to 0.059 (bench/colour_profiles.py). Configs saved before this
+    # setting existed read every photo's pixels as sRGB, and read back so.
+    to_srgb: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 8:
@@ -170,9 +177,10 @@ class EmbeddingConfig:
         return math.ceil(THUMBNAIL_MARGIN * self.image_size) if self.heif_thumbnails else 0
 
     @property
-    def decode_sides(self) -> tuple[int, int]:
-        """(`decode_side`, `thumbnail_side`): how `indexer.images.load_image` may decode a photo smaller."""
-        return self.decode_side, self.thumbnail_side
+    def decode_options(self) -> tuple[int, int, bool]:
+        """(`decode_side`, `thumbnail_side`, `to_srgb`): how `indexer.images.load_image` decodes a
+        photo for these vectors (smaller where it may, converted to sRGB or not)."""
+        return self.decode_side, self.thumbnail_side, self.to_srgb
 
     @property
     def uses_unet(self) -> bool:

@@ -97,11 +97,12 @@ class Embedder:
         base = self.config.replace(projection=False)
         keys = [base.fingerprint(self.model.fingerprint)]
         # Projections fitted before dtype left the config, before borders were trimmed (or trimmed
-        # more than once), on the centre square alone or with every JPEG or HEIC decoded in full
-        # (the features' statistics are the same either way), still serve.
+        # more than once), on the centre square alone, with every JPEG or HEIC decoded in full or
+        # every photo read as sRGB (the features' statistics are the same either way), still serve.
         for candidate in (
             framed.replace(**trims)
-            for heif in (base, base.replace(heif_thumbnails=False))
+            for srgb in (base, base.replace(to_srgb=False))
+            for heif in (srgb, srgb.replace(heif_thumbnails=False))
             for decoded in (heif, heif.replace(reduced_decode=False))
             for framed in (decoded, decoded.replace(frame_aspect=1.0))
             for trims in ({}, {"trim_repeat": False}, {"trim_borders": False, "trim_repeat": False})
@@ -142,12 +143,12 @@ class Embedder:
         """Decode, EXIF-transpose and crop one image to (3, S, S), or its frame (3, S, W) or (3, H, S)
         when the config's frame_aspect allows one; raises InvalidImageError."""
         config = self.config
-        return prepare(image, config.image_size, config.trims, config.frame_aspect, *config.decode_sides)
+        return prepare(image, config.image_size, config.trims, config.frame_aspect, *config.decode_options)
 
     def prepare_with_mirror(self, image: ImageInput) -> list[torch.Tensor]:
         """`prepare` of the image and of its left-right mirror, from one decode."""
         config = self.config
-        return prepare_with_mirror(image, config.image_size, config.trims, config.frame_aspect, *config.decode_sides)
+        return prepare_with_mirror(image, config.image_size, config.trims, config.frame_aspect, *config.decode_options)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""
@@ -187,7 +188,7 @@ class Embedder:
         against photos' latents (searcher.rerank). At scale 1 the template is the centre window of
         the query's own frame latent (`query_template`): no encoding of its own. Borders are
         trimmed once for every scale."""
-        trimmed = trim_borders(load_image(image, *self.config.decode_sides)[0], self.config.trims)
+        trimmed = trim_borders(load_image(image, *self.config.decode_options)[0], self.config.trims)
         sizes = [cells * self.model.downscale for cells in self._template_cells()]
         return [to_tensor([crop_for_embedding(trimmed, size, trim=0)])[0] for size in sizes]
 

@@ -244,3 +244,22 @@ def test_an_uploaded_photo_is_drawn_as_a_jpeg_for_the_page(client, sample_photos
     assert client.post("/images/preview", files={"file": ("big.jpg", b"0" * (2 << 20), "image/jpeg")}).status_code == 413  # 1 MiB limit here
     assert client.post("/images/preview", files={"file": ("e.jpg", b"", "image/jpeg")}).status_code == 400
     assert client.post("/images/preview", files={"file": ("q.jpg", sample_photos[2].read_bytes(), "image/jpeg")}, params={"size": 5}).status_code == 422
+
+
+def test_a_wide_gamut_photo_is_drawn_in_srgb(client):
+    """The server's JPEGs carry no colour profile, so a browser shows them as sRGB: a Display P3
+    photo (an iPhone's) is converted, not drawn duller than it is."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.indexer.test_colour_profiles import saturated, tagged
+
+    original = saturated((96, 64))
+    reply = client.post("/images/preview", files={"file": ("p3.png", tagged(original, "DisplayP3-v4"), "image/png")}, params={"size": 96})
+    assert reply.status_code == 200
+    drawn = np.asarray(Image.open(io.BytesIO(reply.content)).convert("RGB"), dtype=np.int16)
+    raw = np.asarray(Image.open(io.BytesIO(tagged(original, "DisplayP3-v4"))).convert("RGB"), dtype=np.int16)
+    expected = np.asarray(original, dtype=np.int16)
+    assert np.abs(drawn - expected).mean() < 0.4 * np.abs(raw - expected).mean()

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -45,10 +47,12 @@ def test_fingerprint_tracks_config(embedder):
 
 
 def test_the_bundled_projection_serves_every_decode_setting(embedder):
-    """How photos are decoded (reduced JPEGs, HEIC thumbnails, or in full) does not change the
-    features' statistics: the one projection shipped with the model serves each combination."""
+    """How photos are decoded (reduced JPEGs, HEIC thumbnails, or in full; converted to sRGB or not)
+    does not change the features' statistics: the one projection shipped with the model serves each
+    combination."""
     assert embedder.config == EmbeddingConfig() and embedder.projection is not None and embedder.dim == 384
-    for decode in ({"heif_thumbnails": False}, {"reduced_decode": False}, {"heif_thumbnails": False, "reduced_decode": False}):
+    settings = ("heif_thumbnails", "reduced_decode", "to_srgb")
+    for decode in ({name: False for name in off} for n in (1, 2, 3) for off in itertools.combinations(settings, n)):
         other = Embedder(embedder.config.replace(**decode), RuntimeOptions(device="cpu"), model=embedder.model)
         assert other.projection is not None and other.projection.digest == embedder.projection.digest, decode
         assert other.fingerprint != embedder.fingerprint  # but the vectors are not mixed in one index

@@ -1,0 +1,126 @@
+"""Photos tagged with another colour space's ICC profile are read in sRGB (indexer.images.convert_to_srgb).
+
+The profiles are real ones (tests/indexer/icc, CC0): Display P3 as an iPhone tags its photos,
+Adobe RGB as a camera's wide-gamut setting does. Each test photo is made here: sRGB pixels
+converted into the profile's space by LittleCMS and saved with the profile, which is exactly what
+such a camera or export writes for the same scene.
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from indexer.embedding.config import RuntimeOptions
+from indexer.embedding.embedder import Embedder
+from indexer.images import load_image
+
+ICC = Path(__file__).parent / "icc"
+WIDE = ["DisplayP3-v4", "AdobeCompat-v4"]
+
+
+def profile(name: str) -> bytes:
+    return (ICC / f"{name}.icc").read_bytes()
+
+
+def saturated(size: tuple[int, int] = (96, 64)) -> Image.Image:
+    """Patches of strong and mid colours over a gray ramp: where colour spaces differ most."""
+    w, h = size
+    ramp = np.tile(np.linspace(0, 255, w, dtype=np.uint8)[None, :, None], (h, 1, 3))
+    colours = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 140, 0), (120, 40, 200), (30, 160, 170)]
+    for i, colour in enumerate(colours):
+        ramp[: h // 2, i * w // len(colours) : (i + 1) * w // len(colours)] = colour
+    return Image.fromarray(ramp)
+
+
+def tagged(image: Image.Image, name: str, fmt: str = "PNG", **options) -> bytes:
+    """`image` (sRGB) as a file in the colour space of profile `name`, tagged with it."""
+    icc = profile(name)
+    converted = ImageCms.profileToProfile(image, ImageCms.createProfile("sRGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)), outputMode="RGB")
+    buffer = io.BytesIO()
+    converted.save(buffer, fmt, icc_profile=icc, **options)
+    return buffer.getvalue()
+
+
+def pixels(source, **options) -> np.ndarray:
+    return np.asarray(load_image(source, **options)[0], dtype=np.int16)
+
+
+@pytest.mark.parametrize("name", WIDE)
+def test_a_wide_gamut_photo_reads_as_its_srgb_original(name):
+    original = saturated()
+    data = tagged(original, name)
+    managed, raw = pixels(data), pixels(data, to_srgb=False)
+    expected = np.asarray(original, dtype=np.int16)
+    assert np.abs(managed - expected).max() <= 3  # a round trip through the profile's space, in 8 bits
+    assert np.abs(raw - expected).mean() > 8  # read as sRGB, as before: visibly duller
+
+
+@pytest.mark.parametrize("fmt,options", [("JPEG", {"quality": 95}), ("WEBP", {"quality": 95}), ("HEIF", {"quality": 90})])
+def test_the_profile_is_honoured_in_every_format_photos_come_in(fmt, options):
+    original = np.asarray(saturated((128, 96)), dtype=np.int16)
+    data = tagged(saturated((128, 96)), "DisplayP3-v4", fmt, **options)
+    managed, raw = np.abs(pixels(data) - original).mean(), np.abs(pixels(data, to_srgb=False) - original).mean()
+    assert managed < 0.4 * raw, (fmt, managed, raw)
+
+
+def test_an_srgb_profile_changes_nothing():
+    original = saturated()
+    plain = pixels(tagged(original, "sRGB-v4"))
+    np.testing.assert_array_equal(plain, np.asarray(original, dtype=np.int16))
+    own = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # what Pillow itself writes
+    buffer = io.BytesIO()
+    original.save(buffer, "PNG", icc_profile=own)
+    np.testing.assert_array_equal(pixels(buffer.getvalue()), np.asarray(original, dtype=np.int16))
+
+
+def test_gray_alpha_and_unusable_profiles_never_fail_a_photo():
+    gray = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1)), "L")
+    buffer = io.BytesIO()
+    gray.save(buffer, "PNG", icc_profile=profile("sGrey-v4"))
+    image, _ = load_image(buffer.getvalue())
+    assert image.mode == "RGB" and np.abs(np.asarray(image, np.int16) - np.asarray(gray.convert("RGB"), np.int16)).max() <= 1
+
+    # A P3 photo with transparency: composited on white, then converted (white stays white).
+    rgba = saturated().convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.where(np.arange(96) < 48, 255, 0).astype(np.uint8)[None].repeat(64, 0)))
+    p3 = Image.open(io.BytesIO(tagged(saturated(), "DisplayP3-v4"))).convert("RGBA")
+    p3.putalpha(rgba.getchannel("A"))
+    buffer = io.BytesIO()
+    p3.save(buffer, "PNG", icc_profile=profile("DisplayP3-v4"))
+    image = pixels(buffer.getvalue())
+    assert np.abs(image[:, :48] - np.asarray(saturated(), np.int16)[:, :48]).max() <= 3
+    assert (image[:, 48:] >= 254).all()
+
+    # Corrupt, truncated, or of another colour space than the pixels: read as sRGB, as before.
+    original = saturated()
+    for bad, image in [(b"not a profile", original), (profile("DisplayP3-v4")[:100], original), (profile("DisplayP3-v4"), gray)]:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", icc_profile=bad)
+        np.testing.assert_array_equal(pixels(buffer.getvalue()), np.asarray(image.convert("RGB"), dtype=np.int16))
+
+
+def test_a_large_tagged_photo_is_reduced_before_it_is_converted():
+    """LittleCMS takes ~30 ms a megapixel: with a `min_side`, conversion runs on the photo reduced
+    by the largest whole factor that keeps it (as a JPEG's reduced decode)."""
+    original = saturated((1600, 1200))
+    data = tagged(original, "DisplayP3-v4")
+    image, info = load_image(data, min_side=384)
+    expected = np.asarray(original.reduce(3), dtype=np.int16)  # 1200 // 384 = 3
+    assert (info.width, info.height) == (1600, 1200) and image.size == (534, 400)
+    assert np.abs(np.asarray(image, np.int16) - expected).mean() < 1
+    assert load_image(data)[0].size == (1600, 1200)  # without min_side, in full
+
+
+def test_a_p3_copy_embeds_next_to_its_srgb_original(embedder, sample_photos):
+    """The model's view: converted, an iPhone-P3 copy of a photo sits nearer its sRGB original than
+    read as sRGB (indexes built before this setting keep reading it so)."""
+    photos = [Image.open(p).convert("RGB") for p in sample_photos[::8][:6]]
+    originals = [np.asarray(p) for p in photos]
+    copies = [tagged(p, "DisplayP3-v4", "JPEG", quality=95) for p in photos]
+    as_before = Embedder(embedder.config.replace(to_srgb=False), RuntimeOptions(device="cpu"), model=embedder.model)
+    managed = np.linalg.norm(embedder.embed(copies) - embedder.embed(originals), axis=1)
+    raw = np.linalg.norm(as_before.embed(copies) - as_before.embed(originals), axis=1)
+    assert managed.mean() < 0.7 * raw.mean(), (managed, raw)
