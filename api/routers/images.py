@@ -30,7 +30,10 @@ from indexer.storage.rows import Photo
 
 router = APIRouter(prefix="/images", tags=["images"])
 
-THUMBNAIL_DIR = "thumbnails"
+# Cached thumbnails, by content hash and size. Those drawn before wide-gamut photos were converted
+# to sRGB (indexer.images.convert_to_srgb) lie under "thumbnails" and are not served: a P3 photo's
+# would stay dull. That folder is only a cache; it can be deleted.
+THUMBNAIL_DIR = "thumbnails-srgb"
 CHUNK = 1 << 16
 RESPONSES = {404: {"description": "Unknown id, or its file is gone"}, 410: {"description": "The file is no longer the indexed photo"}}
 ThumbnailSize = Annotated[int, Query(ge=16, le=1024, description="The longer side, at most (pixels)")]

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.routers.images import THUMBNAIL_DIR
 from indexer.embedding.config import RuntimeOptions
 from indexer.indexing import index_photos
 from indexer.settings import Settings
@@ -132,9 +133,9 @@ def test_concurrent_thumbnails_and_a_read_only_cache_never_500(small):
     for t in threads:
         t.join()
     assert results == [200] * 24
-    assert not list((searcher.index.dir / "thumbnails").glob("*.tmp"))
-    shutil.rmtree(searcher.index.dir / "thumbnails")
-    (searcher.index.dir / "thumbnails").write_text("not a folder: the cache cannot be written")
+    assert not list((searcher.index.dir / THUMBNAIL_DIR).glob("*.tmp"))
+    shutil.rmtree(searcher.index.dir / THUMBNAIL_DIR)
+    (searcher.index.dir / THUMBNAIL_DIR).write_text("not a folder: the cache cannot be written")
     r = client.get(f"/images/{ids[0]}/thumbnail", params={"size": 40})
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
 
