@@ -124,3 +124,15 @@ def test_a_p3_copy_embeds_next_to_its_srgb_original(embedder, sample_photos):
     managed = np.linalg.norm(embedder.embed(copies) - embedder.embed(originals), axis=1)
     raw = np.linalg.norm(as_before.embed(copies) - as_before.embed(originals), axis=1)
     assert managed.mean() < 0.7 * raw.mean(), (managed, raw)
+
+
+def test_an_iphone_like_heic_decodes_from_its_thumbnail_in_srgb():
+    """An iPhone tags its HEICs Display P3 and embeds a 320 x 240 thumbnail: the thumbnail (which
+    pillow-heif uses only when its colour profile is the photo's) is converted like the photo."""
+    original = saturated((800, 600))
+    data = tagged(original, "DisplayP3-v4", "HEIF", quality=90, thumbnails=[320], enc_params={"preset": "ultrafast"})
+    image, info = load_image(data, min_side=384, thumbnail_side=192)
+    assert image.size == (320, 240) and (info.width, info.height) == (800, 600)
+    expected = np.asarray(original.resize(image.size, Image.Resampling.BOX), dtype=np.int16)
+    raw = np.asarray(load_image(data, min_side=384, thumbnail_side=192, to_srgb=False)[0], dtype=np.int16)
+    assert np.abs(np.asarray(image, np.int16) - expected).mean() < 0.3 * np.abs(raw - expected).mean()
