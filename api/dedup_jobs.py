@@ -33,6 +33,7 @@ from searcher.searcher import Searcher, normalise_prefix
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.25  # how often a search process reports how far it is
+EXIT_GRACE_S = 10.0  # how long a search process that has answered may take to end before it is ended
 
 
 class DedupBusyError(DiffsearchError):
@@ -144,6 +145,10 @@ class DedupJobs:
             self._finish(job, "failed", detail=f"the search's process ended without an answer (exit code {process.exitcode}); the server's log may say why")
         finally:
             receive.close()
+            if not self._stopping.is_set():
+                # Let an answered process end on its own: killed while it exits, it leaves its
+                # progress bar's semaphore behind, and Python warns of a leak when the server stops.
+                process.join(EXIT_GRACE_S)
             if process.is_alive():
                 process.terminate()
             process.join(5)

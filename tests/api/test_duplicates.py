@@ -133,3 +133,23 @@ def test_a_search_still_running_ends_with_the_server(copied_index, default_model
     job = jobs.latest()
     assert job.state == "failed" and "server stopped" in job.detail
     searcher.close()
+
+
+def test_an_answered_search_process_ends_on_its_own(copied_index, default_model, monkeypatch):
+    """Ended (SIGTERM) while it exits, a search process leaves its progress bar's semaphore to
+    Python's resource tracker, which warned of a leak when the server stopped: a process that has
+    answered is let end by itself; only one still searching when the server stops is ended."""
+    import multiprocessing.context
+
+    ended = []
+    terminate = multiprocessing.context.SpawnProcess.terminate
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "terminate", lambda self: ended.append(self.pid) or terminate(self))
+    _, index_dir = copied_index
+    client, searcher = serve(index_dir, default_model)
+    with client:
+        assert finished(client, client.post("/duplicates")).json()["state"] == "done"
+        jobs = client.app.state.dedup_jobs
+        jobs._thread.join(30)  # the job's thread waits for its process
+        assert not jobs._thread.is_alive()
+    assert ended == []
+    searcher.close()
