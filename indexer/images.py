@@ -11,7 +11,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -406,31 +406,29 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+class Decode(NamedTuple):
+    """How `load_image` decodes a photo (its arguments after the source, in order): its shorter side
+    at least `min_side` where the format decodes smaller (0: in full), from an embedded HEIF
+    thumbnail of at least `thumbnail_side` (0: never), converted to sRGB or not."""
+
+    min_side: int = 0
+    thumbnail_side: int = 0
+    to_srgb: bool = True
+
+
 def prepare(
-    source: ImageInput,
-    size: int,
-    trim: int = MAX_TRIMS,
-    frame_aspect: float = 1.0,
-    min_side: int = 0,
-    thumbnail_side: int = 0,
-    to_srgb: bool = True,
+    source: ImageInput, size: int, trim: int = MAX_TRIMS, frame_aspect: float = 1.0, decode: Decode = Decode()
 ) -> torch.Tensor:
-    """Load (`load_image`, with `min_side`, `thumbnail_side` and `to_srgb`), trim flat borders (at most `trim` times: `trim_borders`;
+    """Load (`load_image`, as `decode` says), trim flat borders (at most `trim` times: `trim_borders`;
     0: not at all) and crop one image to a (3, size, size) tensor in [0, 1] (with `frame_aspect` > 1,
     (3, H, W): see `frame_crop`)."""
-    image, _ = load_image(source, min_side, thumbnail_side, to_srgb)
+    image, _ = load_image(source, *decode)
     return to_tensor([crop_for_embedding(image, size, trim, frame_aspect=frame_aspect)])[0]
 
 
 def prepare_with_mirror(
-    source: ImageInput,
-    size: int,
-    trim: int = MAX_TRIMS,
-    frame_aspect: float = 1.0,
-    min_side: int = 0,
-    thumbnail_side: int = 0,
-    to_srgb: bool = True,
+    source: ImageInput, size: int, trim: int = MAX_TRIMS, frame_aspect: float = 1.0, decode: Decode = Decode()
 ) -> list[torch.Tensor]:
     """The image and its left-right mirror, each exactly as `prepare` makes it, from one decode."""
-    image, _ = load_image(source, min_side, thumbnail_side, to_srgb)
+    image, _ = load_image(source, *decode)
     return [to_tensor([crop_for_embedding(image, size, trim, mirror, frame_aspect)])[0] for mirror in (False, True)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from indexer.errors import ConfigError
-from indexer.images import MAX_TRIMS
+from indexer.images import MAX_TRIMS, Decode
 
 Dtype = Literal["auto", "float32", "bfloat16"]
 # Indexes written before dtype became a runtime option stored it in their config: their
@@ -177,10 +177,10 @@ class EmbeddingConfig:
         return math.ceil(THUMBNAIL_MARGIN * self.image_size) if self.heif_thumbnails else 0
 
     @property
-    def decode_options(self) -> tuple[int, int, bool]:
-        """(`decode_side`, `thumbnail_side`, `to_srgb`): how `indexer.images.load_image` decodes a
-        photo for these vectors (smaller where it may, converted to sRGB or not)."""
-        return self.decode_side, self.thumbnail_side, self.to_srgb
+    def decode_options(self) -> Decode:
+        """How `indexer.images.load_image` decodes a photo for these vectors: (`decode_side`,
+        `thumbnail_side`, `to_srgb`), its arguments after the source."""
+        return Decode(self.decode_side, self.thumbnail_side, self.to_srgb)
 
     @property
     def uses_unet(self) -> bool:

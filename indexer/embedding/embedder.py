@@ -143,12 +143,12 @@ class Embedder:
         """Decode, EXIF-transpose and crop one image to (3, S, S), or its frame (3, S, W) or (3, H, S)
         when the config's frame_aspect allows one; raises InvalidImageError."""
         config = self.config
-        return prepare(image, config.image_size, config.trims, config.frame_aspect, *config.decode_options)
+        return prepare(image, config.image_size, config.trims, config.frame_aspect, config.decode_options)
 
     def prepare_with_mirror(self, image: ImageInput) -> list[torch.Tensor]:
         """`prepare` of the image and of its left-right mirror, from one decode."""
         config = self.config
-        return prepare_with_mirror(image, config.image_size, config.trims, config.frame_aspect, *config.decode_options)
+        return prepare_with_mirror(image, config.image_size, config.trims, config.frame_aspect, config.decode_options)
 
     def embed(self, images: Sequence[ImageInput]) -> Embedding:
         """(n, d) float32 unit vectors for `images`; the first unreadable one raises InvalidImageError."""
