@@ -161,6 +161,7 @@ def load_image(
             fmt = image.format or "RAW"
             taken_at = _taken_at(image)
             icc = image.info.get("icc_profile") if to_srgb else None
+            icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) else None  # a plugin's odd value: none
             image.seek(0) if getattr(image, "n_frames", 1) > 1 else None  # first frame of GIF/TIFF/MPO
             if min_side or thumbnail_side:
                 reduced_decode(image, min_side, thumbnail_side)  # the size is now what will be decoded
@@ -265,7 +266,7 @@ def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
             return transform
         levels = np.linspace(0, 255, 16 if mode == "RGB" else 256).round().astype(np.uint8)
         probe = np.stack(np.meshgrid(levels, levels, levels), -1).reshape(64, 64, 3) if mode == "RGB" else levels[None]
-        image = Image.fromarray(probe, mode)
+        image = Image.fromarray(probe)  # "RGB" or "L", from the array's shape
         moved = np.abs(np.asarray(transform.apply(image), np.int16) - np.asarray(image.convert("RGB"), np.int16))
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
         log.debug("colour profile not used (%s): pixels read as sRGB", exc)

@@ -100,6 +100,9 @@ def test_gray_alpha_and_unusable_profiles_never_fail_a_photo():
         buffer = io.BytesIO()
         image.save(buffer, "PNG", icc_profile=bad)
         np.testing.assert_array_equal(pixels(buffer.getvalue()), np.asarray(image.convert("RGB"), dtype=np.int16))
+    odd = saturated()
+    odd.info["icc_profile"] = ["not", "bytes"]  # a caller's image, or a plugin's odd value
+    np.testing.assert_array_equal(pixels(odd), np.asarray(original, dtype=np.int16))
 
 
 def test_a_large_tagged_photo_is_reduced_before_it_is_converted():
