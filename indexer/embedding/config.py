@@ -40,6 +40,12 @@ DECODE_MARGIN = 3
 THUMBNAIL_MARGIN = 1.5
 
 
+# The settings that change how a photo's pixels are decoded (`EmbeddingConfig.decode_options`), not
+# what is computed from them: the features' statistics are the same either way, so a projection
+# fitted with any of them off serves a config with them on (`Embedder._find_projection`).
+DECODE_SETTINGS = ("reduced_decode", "heif_thumbnails", "to_srgb")
+
+
 # Settings added after indexes were first stored, each with what every index from before it did:
 # such an index reads the setting back so (`EmbeddingConfig.from_stored`), and a config at that
 # value keeps the fingerprint it had before the setting existed (`EmbeddingConfig.fingerprint`).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -16,7 +17,7 @@ import numpy.typing as npt
 import torch
 from diffusers import DDIMScheduler
 
-from indexer.embedding.config import LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
+from indexer.embedding.config import DECODE_SETTINGS, LATENT, LEGACY_DTYPES, PREDICTED_X0, EmbeddingConfig, RuntimeOptions
 from indexer.errors import ConfigError
 from indexer.embedding.features import pool
 from indexer.embedding.precision import cpu_has_native_bf16, pick_device, pick_dtype
@@ -97,13 +98,13 @@ class Embedder:
         base = self.config.replace(projection=False)
         keys = [base.fingerprint(self.model.fingerprint)]
         # Projections fitted before dtype left the config, before borders were trimmed (or trimmed
-        # more than once), on the centre square alone, with every JPEG or HEIC decoded in full or
-        # every photo read as sRGB (the features' statistics are the same either way), still serve.
+        # more than once), on the centre square alone, or with any of the decode settings off
+        # (every JPEG or HEIC decoded in full, every photo read as sRGB) still serve.
         for candidate in (
             framed.replace(**trims)
-            for srgb in (base, base.replace(to_srgb=False))
-            for heif in (srgb, srgb.replace(heif_thumbnails=False))
-            for decoded in (heif, heif.replace(reduced_decode=False))
+            for n in range(len(DECODE_SETTINGS) + 1)
+            for off in itertools.combinations(DECODE_SETTINGS, n)
+            for decoded in (base.replace(**dict.fromkeys(off, False)),)
             for framed in (decoded, decoded.replace(frame_aspect=1.0))
             for trims in ({}, {"trim_repeat": False}, {"trim_borders": False, "trim_repeat": False})
         ):

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
+from indexer.embedding.config import DECODE_SETTINGS, EmbeddingConfig, RuntimeOptions
 from indexer.embedding.embedder import Embedder
 from indexer.errors import InvalidImageError
 
@@ -51,8 +51,8 @@ def test_the_bundled_projection_serves_every_decode_setting(embedder):
     does not change the features' statistics: the one projection shipped with the model serves each
     combination."""
     assert embedder.config == EmbeddingConfig() and embedder.projection is not None and embedder.dim == 384
-    settings = ("heif_thumbnails", "reduced_decode", "to_srgb")
-    for decode in ({name: False for name in off} for n in (1, 2, 3) for off in itertools.combinations(settings, n)):
+    assert set(DECODE_SETTINGS) == {"heif_thumbnails", "reduced_decode", "to_srgb"}
+    for decode in ({name: False for name in off} for n in (1, 2, 3) for off in itertools.combinations(DECODE_SETTINGS, n)):
         other = Embedder(embedder.config.replace(**decode), RuntimeOptions(device="cpu"), model=embedder.model)
         assert other.projection is not None and other.projection.digest == embedder.projection.digest, decode
         assert other.fingerprint != embedder.fingerprint  # but the vectors are not mixed in one index
