@@ -229,7 +229,7 @@ def match_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
 
 SRGB_PROFILE = ImageCms.createProfile("sRGB")
 # Image modes LittleCMS converts with a profile of their own colour space (RGB, gray, CMYK);
-# others (alpha, palette, 16-bit) are made RGB first and converted with an RGB profile.
+# deeper grays are made 8-bit gray first, other modes (alpha, palette) RGB.
 PROFILED_MODES = ("RGB", "L", "CMYK")
 
 
@@ -245,6 +245,8 @@ def convert_to_srgb(image: Image.Image, icc: bytes, min_side: int = 0) -> Image.
     space than the pixels), leaves the image as it is. LittleCMS takes ~33 ms a megapixel, so
     with `min_side` an image whose shorter side is at least twice it is first reduced by the
     largest whole factor (at most 8) that keeps it at least `min_side`, as a JPEG's reduced decode."""
+    if image.mode in DEEP_GRAY_MODES:
+        image = to_8bit_gray(image)  # keeps a gray profile usable
     if image.mode not in PROFILED_MODES:
         image = _flatten_alpha(image)
     transform = _srgb_transform(icc, image.mode)
@@ -288,11 +290,31 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / max(float(array.max()), 1.0)
-        return Image.fromarray((array * scale).astype(np.uint8)).convert("RGB")
+    if image.mode in DEEP_GRAY_MODES:
+        image = to_8bit_gray(image)
     return image.convert("RGB")
+
+
+# Grayscale modes of more than 8 bits a sample, which Pillow's own convert clips at 255.
+DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def to_8bit_gray(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or floating-point grayscale image as 8-bit ("L"), read as a viewer reads it:
+    16-bit samples over their full range (0-65535, what a browser shows of a 16-bit PNG), floats
+    over 0-1. A 32-bit integer image (mode "I": a TIFF, or a 16-bit file in older Pillows) gets the
+    range of the smallest depth that holds its largest value, 8 or 16 bits, or failing both its
+    largest value. Scaling by the image's own maximum instead stretched a dark photo to full
+    brightness, away from its 8-bit copy."""
+    array = np.asarray(image, dtype=np.float64)
+    peak = float(array.max()) if array.size else 0.0
+    if image.mode.startswith("I;16"):
+        full = 65535.0
+    elif image.mode == "F":
+        full = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else peak
+    else:
+        full = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
+    return Image.fromarray(np.clip(np.round(array * (255.0 / full)), 0, 255).astype(np.uint8), "L")
 
 
 def trim_border(image: Image.Image, tolerance: float = 6.0, max_fraction: float = 0.35) -> Image.Image:

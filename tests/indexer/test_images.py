@@ -57,6 +57,27 @@ def test_grey_palette_and_alpha_become_rgb(tmp_path):
     assert load_image(tmp_path / "t.png")[0].getpixel((0, 0)) == (255, 255, 255)
 
 
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_a_deep_grayscale_photo_reads_as_its_8_bit_copy(tmp_path, fmt):
+    # A dark 16-bit scan (brightest sample at 30% of the range) must not be stretched to full
+    # brightness by its own maximum, which put it away from the same photo saved in 8 bits.
+    gray = np.asarray(Image.open(make_photo(tmp_path / "p.png", 5)).convert("L"), np.float64) * 0.3
+    eight_bit = np.asarray(load_image(Image.fromarray(gray.round().astype(np.uint8)))[0], np.float64)
+    deep = {
+        "16-bit": Image.fromarray((gray * 257).round().astype(np.uint16)),
+        "32-bit integer, 16-bit values": Image.fromarray((gray * 257).round().astype(np.int32)),
+        "float 0-1": Image.fromarray((gray / 255).astype(np.float32)),
+    }
+    for kind, image in deep.items():
+        if fmt == "png" and image.mode in ("I", "F"):
+            continue  # PNG holds 16-bit integers, not 32-bit or floats
+        image.save(tmp_path / f"deep.{fmt}")
+        loaded, _ = load_image(tmp_path / f"deep.{fmt}")
+        assert loaded.mode == "RGB", kind
+        assert np.abs(np.asarray(loaded, np.float64) - eight_bit).max() <= 1, kind
+        assert np.asarray(loaded).max() < 0.35 * 255, kind  # as dark as it was
+
+
 def test_gif_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), c) for c in ("blue", "green")]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
