@@ -12,11 +12,12 @@ import typer
 
 from api.indexing_commands import index as index_command
 from api.options import DatabaseOpt, DeviceOpt, IndexOpt, JsonOpt, app, fail, load_settings
+from indexer.bundled import DATA_DIR
 from indexer.errors import DiffsearchError, InvalidImageError
 from indexer.storage import display_location
 from searcher.dedup_rule import DEFAULT_CAP, DEFAULT_GAP, DEFAULT_MATCH_WEIGHT, DEFAULT_THRESHOLD, VECTORS_ONLY
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+SAMPLES = DATA_DIR / "samples"
 
 
 def _listing(items: list) -> dict:

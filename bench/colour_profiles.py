@@ -30,7 +30,7 @@ from bench.quality import CALTECH, SPLITS  # noqa: E402
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions  # noqa: E402
 from indexer.embedding.embedder import Embedder  # noqa: E402
 from indexer.embedding.model import load_model  # noqa: E402
-from indexer.images import convert_to_srgb  # noqa: E402
+from indexer.colour import convert_to_srgb  # noqa: E402
 
 PROFILES = {"Display P3": "DisplayP3-v4", "Adobe RGB": "AdobeCompat-v4", "ProPhoto": "ProPhoto-v4"}
 ICC = ROOT / "tests" / "indexer" / "icc"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import math
@@ -15,8 +14,9 @@ from typing import IO, TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from indexer.colour import cicp_profile, convert_to_srgb, to_rgb
 from indexer.errors import InvalidImageError
 
 if TYPE_CHECKING:  # torch loads where tensors are made: `diffsearch --help`, `stats`, `check` need none
@@ -143,7 +143,8 @@ def load_image(
     failing that `thumbnail_side` (see `reduced_decode`), resampled to the photo's exact aspect
     (`match_aspect`); a phone's 12-megapixel HEIC then decodes and crops in ~40 ms instead of
     ~0.66 s (bench/decode.py --format heic). Other formats decode in full.
-    `to_srgb`: a photo tagged with another colour space's ICC profile is converted to sRGB
+    `to_srgb`: a photo tagged with another colour space's ICC profile, or a HEIF or AVIF without
+    one whose colour code points name Display P3 (`cicp_profile`), is converted to sRGB
     (`convert_to_srgb`), reduced first where `min_side` allows.
     The ImageInfo always has the file's own size.
 
@@ -162,6 +163,7 @@ def load_image(
             taken_at = _taken_at(image)
             icc = image.info.get("icc_profile") if to_srgb else None
             icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) else None  # a plugin's odd value: none
+            icc = icc or (cicp_profile(image) if to_srgb else None)  # a HEIF's or AVIF's colour code points
             image.seek(0) if getattr(image, "n_frames", 1) > 1 else None  # first frame of GIF/TIFF/MPO
             if min_side or thumbnail_side:
                 reduced_decode(image, min_side, thumbnail_side)  # the size is now what will be decoded
@@ -177,7 +179,7 @@ def load_image(
             if icc:
                 image = convert_to_srgb(image, icc, min_side)
             if image.mode != "RGB":
-                image = _flatten_alpha(image)
+                image = to_rgb(image)
     except InvalidImageError:
         raise
     except FileNotFoundError:
@@ -227,94 +229,12 @@ def match_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
     return image if target == image.size else image.resize(target, Image.Resampling.BICUBIC)
 
 
-SRGB_PROFILE = ImageCms.createProfile("sRGB")
-# Image modes LittleCMS converts with a profile of their own colour space (RGB, gray, CMYK);
-# deeper grays are made 8-bit gray first, other modes (alpha, palette) RGB.
-PROFILED_MODES = ("RGB", "L", "CMYK")
-
-
-def convert_to_srgb(image: Image.Image, icc: bytes, min_side: int = 0) -> Image.Image:
-    """`image`, whose pixels are in the colour space the ICC profile `icc` describes, in sRGB.
-
-    An iPhone's Display P3, a camera's Adobe RGB or a Lightroom export's ProPhoto photo, read as if
-    it were sRGB (what the model was trained on, and what a browser assumes of the server's
-    untagged JPEG thumbnails), looks duller than it is, and its vector sits away from an sRGB copy
-    of it: median 0.059 (P3), 0.090 (Adobe RGB), 0.188 (ProPhoto) on 121 Caltech test photos,
-    against 0.031, 0.038 and 0.059 converted (JPEG q95; bench/colour_profiles.py).
-    A profile that is sRGB already, or that LittleCMS cannot use (corrupt, or of another colour
-    space than the pixels), leaves the image as it is. LittleCMS takes ~33 ms a megapixel, so
-    with `min_side` an image whose shorter side is at least twice it is first reduced by the
-    largest whole factor (at most 8) that keeps it at least `min_side`, as a JPEG's reduced decode."""
-    if image.mode in DEEP_GRAY_MODES:
-        image = to_8bit_gray(image)  # keeps a gray profile usable
-    if image.mode not in PROFILED_MODES:
-        image = _flatten_alpha(image)
-    transform = _srgb_transform(icc, image.mode)
-    if transform is None:
-        return image
-    factor = min(8, min(image.size) // min_side) if min_side else 1
-    return transform.apply(image.reduce(factor) if factor >= 2 else image)
-
-
-@functools.lru_cache(maxsize=32)
-def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
-    """The conversion from `icc` to sRGB for `mode` images; None where none is needed or possible.
-    A photo library holds a handful of distinct profiles, so each is built (~5 ms) once a process."""
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        # NOCACHE: without LittleCMS's one-pixel cache a transform is safe to share between threads.
-        transform = ImageCms.buildTransform(profile, SRGB_PROFILE, mode, "RGB", flags=ImageCms.Flags.NOCACHE)
-        if mode == "CMYK":
-            return transform
-        levels = np.linspace(0, 255, 16 if mode == "RGB" else 256).round().astype(np.uint8)
-        probe = np.stack(np.meshgrid(levels, levels, levels), -1).reshape(64, 64, 3) if mode == "RGB" else levels[None]
-        image = Image.fromarray(probe)  # "RGB" or "L", from the array's shape
-        moved = np.abs(np.asarray(transform.apply(image), np.int16) - np.asarray(image.convert("RGB"), np.int16))
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
-        log.debug("colour profile not used (%s): pixels read as sRGB", exc)
-        return None
-    return transform if moved.max() > 1 else None  # within a level everywhere: sRGB already
-
-
 def _swaps_sides(image: Image.Image) -> bool:
     """Will `ImageOps.exif_transpose` turn the image a quarter turn (EXIF orientations 5-8)?"""
     try:
         return image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
     except (ValueError, TypeError, OSError):
         return False
-
-
-def _flatten_alpha(image: Image.Image) -> Image.Image:
-    """RGB, with transparent areas composited on white (how a viewer shows them)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in DEEP_GRAY_MODES:
-        image = to_8bit_gray(image)
-    return image.convert("RGB")
-
-
-# Grayscale modes of more than 8 bits a sample, which Pillow's own convert clips at 255.
-DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
-
-
-def to_8bit_gray(image: Image.Image) -> Image.Image:
-    """A 16-bit, 32-bit or floating-point grayscale image as 8-bit ("L"), read as a viewer reads it:
-    16-bit samples over their full range (0-65535, what a browser shows of a 16-bit PNG), floats
-    over 0-1. A 32-bit integer image (mode "I": a TIFF, or a 16-bit file in older Pillows) gets the
-    range of the smallest depth that holds its largest value, 8 or 16 bits, or failing both its
-    largest value. Scaling by the image's own maximum instead stretched a dark photo to full
-    brightness, away from its 8-bit copy."""
-    array = np.asarray(image, dtype=np.float64)
-    peak = float(array.max()) if array.size else 0.0
-    if image.mode.startswith("I;16"):
-        full = 65535.0
-    elif image.mode == "F":
-        full = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else peak
-    else:
-        full = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
-    return Image.fromarray(np.clip(np.round(array * (255.0 / full)), 0, 255).astype(np.uint8), "L")
 
 
 def trim_border(image: Image.Image, tolerance: float = 6.0, max_fraction: float = 0.35) -> Image.Image:

@@ -31,7 +31,7 @@ from indexer.storage.rows import Photo
 router = APIRouter(prefix="/images", tags=["images"])
 
 # Cached thumbnails, by content hash and size. Those drawn before wide-gamut photos were converted
-# to sRGB (indexer.images.convert_to_srgb) lie under "thumbnails" and are not served: a P3 photo's
+# to sRGB (indexer.colour.convert_to_srgb) lie under "thumbnails" and are not served: a P3 photo's
 # would stay dull. That folder is only a cache; it can be deleted.
 THUMBNAIL_DIR = "thumbnails-srgb"
 CHUNK = 1 << 16

@@ -27,6 +27,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2D
 from safetensors.torch import load_file
 from torch import nn
 
+from indexer.bundled import DATA_DIR
 from indexer.embedding import taef2
 from indexer.embedding.config import DEFAULT_MODEL
 from indexer.errors import ModelLoadError
@@ -36,7 +37,6 @@ from indexer.embedding.projection import Projection, load_projections
 log = logging.getLogger(__name__)
 
 ModelKind = Literal["latent-taef2", "pixel", "stable-diffusion"]
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 MANIFEST = "diffsearch.json"
 EMPTY_PROMPT_FILE = "empty_prompt_embedding.safetensors"
 

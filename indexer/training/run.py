@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.embedding.model import DATA_DIR, MANIFEST
+from indexer.bundled import DATA_DIR
+from indexer.embedding.model import MANIFEST
 from indexer.training.latents import encode_photos
 from indexer.training.train import TrainConfig, build_scheduler, build_unet, train
 

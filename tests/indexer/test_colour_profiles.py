@@ -1,4 +1,4 @@
-"""Photos tagged with another colour space's ICC profile are read in sRGB (indexer.images.convert_to_srgb).
+"""Photos tagged with another colour space's ICC profile are read in sRGB (indexer.colour.convert_to_srgb).
 
 The profiles are real ones (tests/indexer/icc, CC0): Display P3 as an iPhone tags its photos,
 Adobe RGB as a camera's wide-gamut setting does. Each test photo is made here: sRGB pixels
@@ -15,6 +15,7 @@ from PIL import Image, ImageCms
 
 from indexer.embedding.config import RuntimeOptions
 from indexer.embedding.embedder import Embedder
+from indexer.colour import avif_cicp
 from indexer.images import load_image
 
 ICC = Path(__file__).parent / "icc"
@@ -139,3 +140,64 @@ def test_an_iphone_like_heic_decodes_from_its_thumbnail_in_srgb():
     expected = np.asarray(original.resize(image.size, Image.Resampling.BOX), dtype=np.int16)
     raw = np.asarray(load_image(data, min_side=384, thumbnail_side=192, to_srgb=False)[0], dtype=np.int16)
     assert np.abs(np.asarray(image, np.int16) - expected).mean() < 0.3 * np.abs(raw - expected).mean()
+
+
+def in_p3(image: Image.Image) -> Image.Image:
+    """`image` (sRGB) with its pixels in Display P3, untagged."""
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(profile("DisplayP3-v4")))
+    converted = ImageCms.profileToProfile(image, ImageCms.createProfile("sRGB"), p3, outputMode="RGB")
+    converted.info.pop("icc_profile")  # LittleCMS tags it: a save would embed the profile
+    return converted
+
+
+def coded_heif(image: Image.Image, primaries: int, transfer: int = 13) -> bytes:
+    """A HEIF without an ICC profile whose colour box gives code points (nclx), as libheif writes."""
+    buffer = io.BytesIO()
+    nclx = {"color_primaries": primaries, "transfer_characteristics": transfer, "matrix_coefficients": 6, "full_range_flag": 1}
+    image.save(buffer, "HEIF", quality=95, save_nclx_profile=True, nclx_profile=nclx)
+    return buffer.getvalue()
+
+
+def coded_avif(image: Image.Image, primaries: int, transfer: int = 13) -> bytes:
+    """An AVIF without an ICC profile whose colour box gives these code points: Pillow writes
+    1/13/6 (sRGB) into its nclx box; the two numbers are set in place, as an encoder sets them."""
+    buffer = io.BytesIO()
+    image.save(buffer, "AVIF", quality=95)
+    data = bytearray(buffer.getvalue())
+    box = data.index(b"colrnclx") + 8
+    assert data[box : box + 4] in (b"\x00\x01\x00\x0d", b"\x00\x02\x00\x02")  # sRGB or unspecified
+    data[box : box + 4] = primaries.to_bytes(2, "big") + transfer.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("coded", [coded_heif, coded_avif])
+def test_a_photo_whose_colour_code_points_name_display_p3_reads_in_srgb(coded):
+    """A HEIF or an AVIF may name its colour space by code points instead of a profile (an nclx
+    colour box: primaries 12 is Display P3). Read as sRGB it was duller, as a P3 JPEG had been."""
+    original = saturated((128, 96))
+    expected = np.asarray(original, dtype=np.int16)
+    data = coded(in_p3(original), 12)
+    managed, raw = np.abs(pixels(data) - expected).mean(), np.abs(pixels(data, to_srgb=False) - expected).mean()
+    assert managed < 0.4 * raw and raw > 4, (managed, raw)
+    # sRGB's own code points, and a wide gamut with an HDR tone curve (PQ), leave the pixels as read.
+    for primaries, transfer in ((1, 13), (2, 2), (12, 16)):
+        data = coded(in_p3(original), primaries, transfer)
+        assert np.array_equal(pixels(data), pixels(data, to_srgb=False)), (primaries, transfer)
+
+
+def test_an_icc_profile_wins_over_code_points():
+    original = saturated((128, 96))
+    buffer = io.BytesIO()  # Adobe RGB pixels with their profile, and code points that say Display P3
+    nclx = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6, "full_range_flag": 1}
+    adobe = ImageCms.ImageCmsProfile(io.BytesIO(profile("AdobeCompat-v4")))
+    pixels_in_adobe = ImageCms.profileToProfile(original, ImageCms.createProfile("sRGB"), adobe, outputMode="RGB")
+    pixels_in_adobe.save(buffer, "HEIF", quality=95, icc_profile=profile("AdobeCompat-v4"), nclx_profile=nclx)
+    assert np.abs(pixels(buffer.getvalue()) - np.asarray(original, np.int16)).mean() < 2
+
+
+def test_a_malformed_avif_colour_box_is_no_colour_space():
+    assert avif_cicp(coded_avif(saturated(), 12)) == (12, 13)
+    whole = coded_avif(saturated(), 12)
+    for data in (b"", b"\x00" * 7, whole[:40], whole[: whole.index(b"colrnclx") + 9], b"\x00\x00\x00\x00meta" + b"\xff" * 20,
+                 b"\x00\x00\x00\x01meta" + b"\x00" * 4, b"\x00\x00\x00\x04meta" * 3, bytes(range(256)) * 4):
+        assert avif_cicp(data) is None, data[:24]
