@@ -27,7 +27,7 @@ from tqdm import tqdm
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedding.embedder import Embedder, normalise
 from indexer.errors import ConfigError, InvalidImageError
-from indexer.images import IMAGE_EXTENSIONS, MAX_TRIMS, crop_for_embedding, load_image, to_tensor
+from indexer.images import IMAGE_EXTENSIONS, MAX_TRIMS, Decode, crop_for_embedding, load_image, to_tensor
 from indexer.embedding.model import DiffusionModel
 from indexer.embedding.projection import fit_projection
 from indexer.training.train import TrainConfig, build_unet
@@ -128,15 +128,15 @@ def colour_histogram(pixels: torch.Tensor, bins: int = 8) -> npt.NDArray[np.floa
 
 
 class _Crops(Dataset):
-    def __init__(self, paths: Sequence[Path], size: int, trim: int = MAX_TRIMS, mirror: bool = False, min_side: int = 0) -> None:
-        self.paths, self.size, self.trim, self.mirror, self.min_side = list(paths), size, trim, mirror, min_side
+    def __init__(self, paths: Sequence[Path], size: int, trim: int = MAX_TRIMS, mirror: bool = False, decode: Decode = Decode()) -> None:
+        self.paths, self.size, self.trim, self.mirror, self.decode = list(paths), size, trim, mirror, decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
-            image = load_image(self.paths[i], self.min_side)[0]
+            image = load_image(self.paths[i], *self.decode)[0]
             return to_tensor([crop_for_embedding(image, self.size, self.trim, self.mirror)])[0]
         except InvalidImageError as exc:
             log.warning("evaluating a grey square for %s", exc)
@@ -170,10 +170,10 @@ def encode_set(
     workers: int = 2,
     trim: int = MAX_TRIMS,
     mirror: bool = False,
-    min_side: int = 0,
+    decode: Decode = Decode(),
 ) -> EncodedSet:
     """The photos' x0 latents and colour histograms (of their left-right mirrors with `mirror`),
-    JPEGs decoded reduced down to `min_side` where that is > 0 (`load_image`)."""
+    each photo decoded as `decode` says (`load_image`: reduced, from a HEIF's thumbnail, to sRGB)."""
     embedder = Embedder(EmbeddingConfig(image_size=size, blocks=("latent",), projection=False), RuntimeOptions(device="cpu"), model=model)
     # Resolved paths: a relative and an absolute --root (or a link to it) share one cache entry.
     # The key also holds what today's encode path makes of a probe image: bench/near_duplicates.py
@@ -183,14 +183,16 @@ def encode_set(
     # release's row, encoded afresh both times, reproduced: 0.928 then, 0.929 now).
     resolved = "|".join(str(Path(p).resolve()) for p in paths)
     mirrored = "|mirror" if mirror else ""
-    mirrored += f"|decode={min_side}" if min_side else ""
+    mirrored += f"|decode={decode.min_side}" if decode.min_side else ""
+    mirrored += f"|thumbnail={decode.thumbnail_side}" if decode.thumbnail_side else ""
+    mirrored += "" if decode.to_srgb else "|as-read"
     key = hashlib.sha256(f"{model.encoder_fingerprint}|{size}|trim={trim}{mirrored}|{encode_probe(embedder, size)}|{resolved}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"encoded-{key}.pt" if cache_dir else None
     if cache and cache.is_file():
         data = torch.load(cache, weights_only=False)
         return EncodedSet(data["x0"].float(), data["histograms"])
     x0s, hists = [], []
-    loader = DataLoader(_Crops(paths, size, trim, mirror, min_side), batch_size=32, num_workers=workers)
+    loader = DataLoader(_Crops(paths, size, trim, mirror, decode), batch_size=32, num_workers=workers)
     for pixels in tqdm(forked_cleanly(loader), desc=f"encoding {len(paths)} {'mirrored ' if mirror else ''}photos at {size}px", unit="batch"):
         x0s.append(embedder.encode(pixels).half())
         hists.append(colour_histogram(pixels))
@@ -255,23 +257,23 @@ def evaluate(
     workers: int = 2,
 ) -> list[EvalResult]:
     """Every variant on `labelled`, encoding each (image size, encoder) once."""
-    encoded: dict[tuple, EncodedSet] = {}  # (encoder, size, trim, decode side[, 'mirror'])
+    encoded: dict[tuple, EncodedSet] = {}  # (encoder, size, trim, decode[, 'mirror'])
     fitted: dict[tuple, EncodedSet] = {}
     results = []
     for variant in variants:
         model = variant.model or next(v.model for v in variants if v.model is not None)
         config = variant.config or EmbeddingConfig()
-        size, trim, min_side = config.image_size, config.trims, config.decode_side
-        key = (model.encoder_fingerprint, size, trim, min_side)
+        size, trim, decode = config.image_size, config.trims, config.decode_options
+        key = (model.encoder_fingerprint, size, trim, decode)
         if key not in encoded:
-            encoded[key] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, min_side=min_side)
+            encoded[key] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, decode=decode)
         if variant.whiten and key not in fitted and fit_paths:
-            fitted[key] = encode_set(model, fit_paths, size, cache_dir, workers, trim, min_side=min_side)
+            fitted[key] = encode_set(model, fit_paths, size, cache_dir, workers, trim, decode=decode)
         vectors = variant_vectors(variant, encoded[key], fitted.get(key))
         mirrored = None
         if variant.mirror_within is not None:
             if (*key, "mirror") not in encoded:
-                encoded[*key, "mirror"] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, mirror=True, min_side=min_side)
+                encoded[*key, "mirror"] = encode_set(model, labelled.paths, size, cache_dir, workers, trim, mirror=True, decode=decode)
             mirrored = variant_vectors(variant, encoded[*key, "mirror"], fitted.get(key))
         within = np.inf if variant.mirror_within is None else variant.mirror_within
         metrics = retrieval_metrics(vectors, labelled.labels, mirrored=mirrored, mirror_within=within)

@@ -5,10 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from indexer.embedding.config import EmbeddingConfig
-from indexer.training.evaluation import AS_INDEXED_ROW, BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, ablation, retrieval_metrics
+from indexer.images import prepare
+from indexer.training.evaluation import AS_INDEXED_ROW, BASELINE, DEFAULT_ROW, LATENT_GRID_ROW, _Crops, ablation, retrieval_metrics
 from tests.cli import run_cli
+from tests.conftest import make_photo
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -128,3 +131,16 @@ def test_cached_latents_are_reused_only_by_the_same_encode_path(default_model, s
     monkeypatch.setattr(evaluation, "encode_probe", lambda embedder, size: "another encode path")
     evaluation.encode_set(default_model, photos, 128, tmp_path, workers=0)
     assert len(list(tmp_path.glob("encoded-*.pt"))) == 3
+
+
+def test_eval_reads_each_photo_as_the_index_does(tmp_path):
+    """`diffsearch eval` must measure the vectors `index` stores: a phone's HEIC decodes from its
+    embedded thumbnail there, and so here (it decoded in full, the JPEG setting alone, before)."""
+    photo = Image.open(make_photo(tmp_path / "p.png", 6, size=(160, 120))).resize((1600, 1200), Image.Resampling.BICUBIC)
+    photo.save(tmp_path / "phone.heic", quality=90, thumbnails=[320], enc_params={"preset": "ultrafast"})
+    config = EmbeddingConfig()
+    evaluated = _Crops([tmp_path / "phone.heic"], config.image_size, config.trims, decode=config.decode_options)[0]
+    indexed = prepare(tmp_path / "phone.heic", config.image_size, config.trims, decode=config.decode_options)
+    in_full = prepare(tmp_path / "phone.heic", config.image_size, config.trims)
+    assert np.array_equal(evaluated.numpy(), indexed.numpy())
+    assert not np.array_equal(in_full.numpy(), indexed.numpy())  # the thumbnail was used
