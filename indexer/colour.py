@@ -157,20 +157,24 @@ def avif_cicp(data: bytes) -> tuple[int, int] | None:
     """(colour primaries, transfer characteristics) of the first "nclx" colour box among an AVIF's
     item properties (meta > iprp > ipco > colr; ISO/IEC 14496-12 boxes, ISO/IEC 23008-12 items),
     or None where it has none. `data` may stop short of the file's end."""
-    for kind, start, end in _boxes(data, 0, len(data)):
-        if kind != b"meta":
-            continue
-        for kind, start, end in _boxes(data, start + 4, end):  # meta is a full box: version, flags
-            if kind != b"iprp":
-                continue
-            for kind, start, end in _boxes(data, start, end):
-                if kind != b"ipco":
-                    continue
-                for kind, start, end in _boxes(data, start, end):
-                    if kind == b"colr" and end - start >= 10 and data[start : start + 4] == b"nclx":
-                        primaries, transfer = struct.unpack_from(">HH", data, start + 4)
-                        return primaries, transfer
+    for start, end in _find(data, (b"meta", b"iprp", b"ipco", b"colr"), 0, len(data)):
+        if end - start >= 10 and data[start : start + 4] == b"nclx":
+            primaries, transfer = struct.unpack_from(">HH", data, start + 4)
+            return primaries, transfer
     return None
+
+
+def _find(data: bytes, path: tuple[bytes, ...], start: int, end: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the content of every box at `path` (box types, outermost first) in data[start:end]."""
+    for kind, content, stop in _boxes(data, start, end):
+        if kind != path[0]:
+            continue
+        if kind == b"meta":
+            content += 4  # a full box: its version and flags come first
+        if len(path) == 1:
+            yield content, stop
+        else:
+            yield from _find(data, path[1:], content, stop)
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
