@@ -7,8 +7,11 @@ with its ICC profile (tests/indexer/icc: Display P3, Adobe RGB-compatible, ProPh
 JPEG, which is what a phone, a camera's wide-gamut setting or a raw converter's export writes. Its
 vector is set against the sRGB photo's (saved as the same JPEG), for the default setting (converted
 to sRGB by LittleCMS) and for indexes built before it (pixels read as sRGB). The last row is the
-floor: the sRGB photo through the round trip to P3 and back in 8 bits, untagged. Also: what the
-conversion costs a photo decoded at the model's reduced size, and a 12-megapixel one in full.
+floor: the sRGB photo through the round trip to P3 and back in 8 bits, untagged. Then the same
+scene in Display P3 as a HEIF that names its colour space by code points (an nclx box: primaries
+12, sRGB's tone curve; no profile), as libheif writes it, against the same photo as an sRGB HEIF
+(nclx 1/13), whose row is that codec's own floor. Also: what the conversion costs a photo decoded
+at the model's reduced size, and a 12-megapixel one in full.
 """
 
 from __future__ import annotations
@@ -44,7 +47,17 @@ def jpeg(image: Image.Image, quality: int, icc: bytes | None = None) -> bytes:
 
 
 def in_space(image: Image.Image, icc: bytes) -> Image.Image:
-    return ImageCms.profileToProfile(image, SRGB, ImageCms.ImageCmsProfile(io.BytesIO(icc)), outputMode="RGB")
+    converted = ImageCms.profileToProfile(image, SRGB, ImageCms.ImageCmsProfile(io.BytesIO(icc)), outputMode="RGB")
+    converted.info.pop("icc_profile", None)  # untagged: a save embeds only the profile it is given
+    return converted
+
+
+def coded_heif(image: Image.Image, quality: int, primaries: int) -> bytes:
+    """A HEIF without a profile whose nclx box says these colour primaries, sRGB's tone curve."""
+    buffer = io.BytesIO()
+    nclx = {"color_primaries": primaries, "transfer_characteristics": 13, "matrix_coefficients": 6, "full_range_flag": 1}
+    image.save(buffer, "HEIF", quality=quality, save_nclx_profile=True, nclx_profile=nclx)
+    return buffer.getvalue()
 
 
 def main() -> None:
@@ -74,6 +87,10 @@ def main() -> None:
     p3 = (ICC / "DisplayP3-v4.icc").read_bytes()
     floor = [jpeg(convert_to_srgb(in_space(photo, p3), p3), args.quality) for photo in photos]
     print(f"| sRGB -> P3 -> sRGB in 8 bits, untagged (floor) | {distances(as_before, floor)} | {distances(managed, floor)} |")
+    coded = [coded_heif(in_space(photo, p3), args.quality, 12) for photo in photos]
+    print(f"| Display P3 by code points, HEIF (nclx 12/13) | {distances(as_before, coded)} | {distances(managed, coded)} |", flush=True)
+    same = [coded_heif(photo, args.quality, 1) for photo in photos]
+    print(f"| sRGB HEIF (nclx 1/13): the codec's own floor | {distances(as_before, same)} | {distances(managed, same)} |")
 
     rng = np.random.default_rng(0)
     for side, label in ((384, "a photo decoded at the model's reduced size (512 x 384)"), (3024, "12 megapixels (4032 x 3024)")):
