@@ -30,10 +30,12 @@ from indexer.storage.rows import Photo
 
 router = APIRouter(prefix="/images", tags=["images"])
 
-# Cached thumbnails, by content hash and size. Those drawn before wide-gamut photos were converted
-# to sRGB (indexer.colour.convert_to_srgb) lie under "thumbnails" and are not served: a P3 photo's
-# would stay dull. That folder is only a cache; it can be deleted.
-THUMBNAIL_DIR = "thumbnails-srgb"
+# Cached thumbnails, by content hash and size, in a folder named for how photos are read: one drawn
+# before a change to that is not served (a file's hash does not change with the code). "thumbnails":
+# before wide-gamut photos were converted to sRGB (a P3 photo's stayed dull); "thumbnails-srgb":
+# before colour code points (a HEIF's or AVIF's nclx box) and 16-bit grays were read as they are
+# now. Old folders are only caches; they can be deleted.
+THUMBNAIL_DIR = "thumbnails-3"
 CHUNK = 1 << 16
 RESPONSES = {404: {"description": "Unknown id, or its file is gone"}, 410: {"description": "The file is no longer the indexed photo"}}
 ThumbnailSize = Annotated[int, Query(ge=16, le=1024, description="The longer side, at most (pixels)")]
