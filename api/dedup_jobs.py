@@ -27,8 +27,9 @@ from typing import Literal
 from indexer.errors import DiffsearchError
 from indexer.settings import Settings
 from searcher.dedup import find_duplicates
+from searcher.filters import normalise_prefix
 from searcher.results import DuplicateGroup
-from searcher.searcher import Searcher, normalise_prefix
+from searcher.searcher import Searcher
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,10 @@ from tqdm import tqdm
 from indexer.storage import VectorIndex
 from indexer.storage.rows import Photo, PhotoLatent
 from searcher.dedup_rule import ALSO_BY_VECTORS, DedupRule, default_rule, duplicate_groups
+from searcher.filters import normalise_prefix
 from searcher.kept_latents import KeptLatents
 from searcher.results import DuplicateGroup, SearchResult
-from searcher.searcher import Searcher, normalise_prefix
+from searcher.searcher import Searcher
 from searcher.verification import Progress, pair_matches, sorted_rows, verified_distances
 
 logger = logging.getLogger(__name__)

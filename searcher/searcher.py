@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +24,7 @@ from indexer.embedding.model import DiffusionModel
 from indexer.storage.rows import Photo, read_latents
 from searcher.batching import EmbeddingQueue
 from searcher.expansion import EXPAND, expand as expand_results
+from searcher.filters import normalise_prefix
 from searcher.search_batching import SearchBatcher
 from searcher.rerank import RERANK, can_rerank, with_mirrors
 from searcher.rerank import rerank as rerank_results
@@ -315,10 +315,3 @@ def _checked_count(name: str, value: int) -> int:
     if value < 0:
         raise ConfigError(f"{name} must be >= 0, got {value}")
     return value
-
-
-def normalise_prefix(prefix: str | None) -> str | None:
-    """A path filter as given (absolute) or made absolute from the working folder; None for none."""
-    if not prefix:
-        return None
-    return str(Path(prefix).expanduser().absolute()) if not prefix.startswith("/") else prefix
