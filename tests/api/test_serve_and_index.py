@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,10 @@ def test_serve_while_indexing(tmp_path, sample_photos):
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()
                 time.sleep(0.5)
+        # The server names itself in the index folder, so `query` asks it instead of loading the model.
+        assert json.loads((index_dir / "server.json").read_text()) == {"url": base, "pid": server.pid}
+        asked = run_cli("query", str(photos / sample_photos[2].name), "--index", str(index_dir), "-k", "1")
+        assert f"asking the server at {base}" in asked.stderr and sample_photos[2].name in asked.stdout, asked.stderr
         for p in sample_photos[8:40]:
             shutil.copy2(p, photos / p.name)
         indexer = subprocess.Popen([*cli, "index", str(photos), "--index", str(index_dir), "--workers", "0",
@@ -69,6 +74,7 @@ def test_serve_while_indexing(tmp_path, sample_photos):
     finally:
         server.terminate()
         server.wait(30)
+    assert not (index_dir / "server.json").exists()  # a server that stops takes its record with it
 
 
 def test_a_full_queue_is_503_with_retry_after(sample_index, searcher):
