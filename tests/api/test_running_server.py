@@ -73,13 +73,17 @@ def test_a_stale_foreign_or_silent_record_is_not_asked(sample_index, tmp_path):
         assert json.loads((tmp_path / RECORD).read_text())["url"] == "http://127.0.0.1:8000"
 
 
+@pytest.fixture(scope="module")
+def searched_here(sample_index, sample_photos):  # noqa: ANN001, ANN201
+    return results(run_cli("query", str(sample_photos[5]), "--index", str(sample_index), "-k", "3", "--json", "--no-server"))
+
+
 @pytest.mark.parametrize("status", [503, 500, 413])
-def test_a_server_that_does_not_answer_with_results_is_left_for_a_search_here(sample_index, sample_photos, status):
+def test_a_server_that_does_not_answer_with_results_is_left_for_a_search_here(sample_index, sample_photos, searched_here, status):
     refusing = FastAPI()
     refusing.get("/health")(lambda: {"status": "ok", "photos": 64})
     refusing.post("/search")(lambda: JSONResponse({"detail": "busy"}, status_code=status))
-    photo = str(sample_photos[5])
     with live_server(refusing) as url, recorded(sample_index, "127.0.0.1", port_of(url)):
-        completed = run_cli("query", photo, "--index", str(sample_index), "-k", "3", "--json")
+        completed = run_cli("query", str(sample_photos[5]), "--index", str(sample_index), "-k", "3", "--json")
     assert f"answered {status}" in completed.stderr and "searching here" in completed.stderr
-    assert results(completed) == results(run_cli("query", photo, "--index", str(sample_index), "-k", "3", "--json", "--no-server"))
+    assert results(completed) == searched_here
