@@ -99,27 +99,38 @@ class _Answerer:
             typer.secho(f"asking the server at {self.server.url} (--no-server: search here)", err=True, fg=typer.colors.BRIGHT_BLACK)
 
     def query(self, source: Path | io.BytesIO, k: int, max_distance: float | None, path_prefix: str | None) -> list:
-        from api.running_server import ServerUnavailable
-
-        limit = int(self.settings.max_upload_mb * 2**20)
-        photo = _read_photo(source, limit) if self.server is not None else None  # None: searched here
-        if self.server is not None and photo is None and not isinstance(source, io.BytesIO) and not Path(source).is_file():
-            from indexer.images import load_image
-
-            load_image(source)  # raises why it cannot be read (missing, a folder), as a search here would
-        if self.server is not None and photo is not None:
-            s = self.settings
-            try:
-                return self.server.query(photo, str(getattr(source, "name", source)), k, max_distance, path_prefix, s.mirror_queries, s.rerank, s.expand)
-            except ServerUnavailable as exc:
-                typer.secho(f"the server did not answer ({exc}): searching here", err=True, fg=typer.colors.YELLOW)
-                self.server.close()
-                self.server = None
+        answered = self._ask_server(source, k, max_distance, path_prefix) if self.server is not None else None
+        if answered is not None:
+            return answered
         if self.searcher is None:
             from searcher.searcher import Searcher
 
             self.searcher = Searcher.from_settings(self.settings)
         return self.searcher.query(source, k, max_distance, path_prefix)
+
+    def _ask_server(self, source: Path | io.BytesIO, k: int, max_distance: float | None, path_prefix: str | None) -> list | None:
+        """The server's results; None to search here (a photo over its upload limit, or a server
+        that did not answer, which is not asked again)."""
+        from api.running_server import PhotoRefused, ServerUnavailable
+
+        assert self.server is not None
+        s = self.settings
+        photo = _read_photo(source, int(s.max_upload_mb * 2**20))
+        if photo is None:
+            if not isinstance(source, io.BytesIO) and not Path(source).is_file():
+                from indexer.images import load_image
+
+                load_image(source)  # raises why it cannot be read (missing, a folder), as a search here would
+            return None
+        try:
+            return self.server.query(photo, str(getattr(source, "name", source)), k, max_distance, path_prefix, s.mirror_queries, s.rerank, s.expand)
+        except PhotoRefused as exc:
+            typer.secho(f"the server refused this photo ({exc}): searching here", err=True, fg=typer.colors.YELLOW)
+        except ServerUnavailable as exc:
+            typer.secho(f"the server did not answer ({exc}): searching here", err=True, fg=typer.colors.YELLOW)
+            self.server.close()
+            self.server = None
+        return None
 
     def __enter__(self) -> _Answerer:
         return self
@@ -134,13 +145,12 @@ class _Answerer:
 def _read_photo(source: Path | io.BytesIO, limit: int) -> bytes | None:
     """The photo's bytes to send to a server; None for one over the server's upload limit or a file
     that cannot be read (the Searcher here then searches it, or names why it cannot)."""
+    if isinstance(source, io.BytesIO):
+        return source.getvalue() if len(source.getvalue()) <= limit else None
     try:
-        photo = source.getvalue() if isinstance(source, io.BytesIO) else None
-        if photo is None and Path(source).is_file() and Path(source).stat().st_size <= limit:
-            photo = Path(source).read_bytes()
+        return Path(source).read_bytes() if Path(source).is_file() and Path(source).stat().st_size <= limit else None
     except OSError:
         return None
-    return photo if photo is not None and len(photo) <= limit else None
 
 
 def _stdin_photo() -> io.BytesIO:

@@ -41,7 +41,11 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class ServerUnavailable(Exception):
-    """The server did not answer with results (gone, overloaded, or refused the request)."""
+    """The server did not answer with results (gone, overloaded, failed)."""
+
+
+class PhotoRefused(ServerUnavailable):
+    """The server refused this photo (over its upload limit) but may answer others."""
 
 
 @contextmanager
@@ -96,7 +100,7 @@ class RunningServer:
     ) -> list[SearchResult]:
         """The server's results for the photo (`name` names it in errors), searched as `Searcher.query`
         would search it here. Raises InvalidImageError where the server says it is not a readable
-        image, ServerUnavailable for any other failure."""
+        image, PhotoRefused where it refuses this photo (too large), ServerUnavailable for any other failure."""
         params = {"k": k, "mirror": mirror, "rerank": rerank, "expand": expand}
         params |= {"max_distance": max_distance} if max_distance is not None else {}
         prefix = normalise_prefix(path_prefix)  # made absolute here: the server's working folder is another
@@ -108,6 +112,8 @@ class RunningServer:
         if response.status_code == 400:
             detail = _detail(response)
             raise InvalidImageError(name, detail.split(": ", 1)[-1])  # the server names it by its size
+        if response.status_code == 413:
+            raise PhotoRefused(f"{self.url} answered 413: {_detail(response)}")
         if response.status_code != 200:
             raise ServerUnavailable(f"{self.url} answered {response.status_code}: {_detail(response)}")
         return [SearchResult.model_validate(item) for item in response.json()["data"]]

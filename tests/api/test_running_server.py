@@ -75,7 +75,8 @@ def test_a_stale_foreign_or_silent_record_is_not_asked(sample_index, tmp_path):
 
 @pytest.fixture(scope="module")
 def searched_here(sample_index, sample_photos):  # noqa: ANN001, ANN201
-    return results(run_cli("query", str(sample_photos[5]), "--index", str(sample_index), "-k", "3", "--json", "--no-server"))
+    two = [str(sample_photos[5]), str(sample_photos[6])]
+    return json.loads(run_cli("query", *two, "--index", str(sample_index), "-k", "3", "--json", "--no-server").stdout)
 
 
 @pytest.mark.parametrize("status", [503, 500, 413])
@@ -83,7 +84,10 @@ def test_a_server_that_does_not_answer_with_results_is_left_for_a_search_here(sa
     refusing = FastAPI()
     refusing.get("/health")(lambda: {"status": "ok", "photos": 64})
     refusing.post("/search")(lambda: JSONResponse({"detail": "busy"}, status_code=status))
+    two = [str(sample_photos[5]), str(sample_photos[6])]
     with live_server(refusing) as url, recorded(sample_index, "127.0.0.1", port_of(url)):
-        completed = run_cli("query", str(sample_photos[5]), "--index", str(sample_index), "-k", "3", "--json")
-    assert f"answered {status}" in completed.stderr and "searching here" in completed.stderr
-    assert results(completed) == searched_here
+        completed = run_cli("query", *two, "--index", str(sample_index), "-k", "3", "--json")
+    assert completed.returncode == 0 and json.loads(completed.stdout) == searched_here
+    # A server that fails is not asked again; one that refuses a photo (too large for it) is.
+    asked = completed.stderr.count(f"answered {status}")
+    assert asked == (2 if status == 413 else 1) and "searching here" in completed.stderr, completed.stderr
