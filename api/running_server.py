@@ -53,8 +53,8 @@ def recorded(index_dir: Path, host: str, port: int) -> Iterator[None]:
     """While the block runs, `index_dir/server.json` names this process's server at host:port; it
     is removed afterwards if it is still this process's (a second server on the index may have
     replaced it). An index folder that cannot be written just goes without. Run from the main
-    thread, it also has SIGTERM end the process as an exception (exit status 143), so the record
-    is removed when a service manager stops the server too, not only at Ctrl-C."""
+    thread, it also has SIGTERM end the process as an exception (exit status 143) while it runs,
+    so the record is removed when a service manager stops the server too, not only at Ctrl-C."""
     connect = ANY_ADDRESS.get(host, host)
     url = f"http://[{connect}]:{port}" if ":" in connect else f"http://{connect}:{port}"
     path = Path(index_dir) / RECORD
@@ -62,10 +62,11 @@ def recorded(index_dir: Path, host: str, port: int) -> Iterator[None]:
     if connect not in LOOPBACK:
         yield
         return
+    previous = None
     if threading.current_thread() is threading.main_thread():
         # uvicorn re-raises a SIGTERM it caught once it has shut down; by default that ends the
         # process on the spot, past this block's cleanup. Ended so, it exits as Python exits.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         partial = path.with_suffix(".json.tmp")
         partial.write_text(json.dumps({"url": url, "pid": os.getpid()}))
@@ -78,6 +79,8 @@ def recorded(index_dir: Path, host: str, port: int) -> Iterator[None]:
     finally:
         if written and _read(path).get("pid") == os.getpid():
             path.unlink(missing_ok=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass

@@ -4,6 +4,7 @@ is gone, stale, elsewhere, or does not answer with results."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -69,8 +70,10 @@ def test_a_stale_foreign_or_silent_record_is_not_asked(sample_index, tmp_path):
         record.unlink(missing_ok=True)
     with recorded(tmp_path, "192.168.1.5", 8000):  # a server on one LAN address alone: not recorded
         assert not (tmp_path / RECORD).exists()
+    before = signal.getsignal(signal.SIGTERM)
     with recorded(tmp_path, "0.0.0.0", 8000):  # every address: asked through the loopback
         assert json.loads((tmp_path / RECORD).read_text())["url"] == "http://127.0.0.1:8000"
+    assert signal.getsignal(signal.SIGTERM) is before and not (tmp_path / RECORD).exists()
 
 
 @pytest.fixture(scope="module")
