@@ -36,12 +36,17 @@ def saturated(size: tuple[int, int] = (96, 64)) -> Image.Image:
     return Image.fromarray(ramp)
 
 
+def in_space(image: Image.Image, name: str) -> Image.Image:
+    """`image` (sRGB) with its pixels in the colour space of profile `name`, untagged."""
+    converted = ImageCms.profileToProfile(image, ImageCms.createProfile("sRGB"), ImageCms.ImageCmsProfile(io.BytesIO(profile(name))), outputMode="RGB")
+    converted.info.pop("icc_profile", None)  # LittleCMS tags it: a save would embed the profile
+    return converted
+
+
 def tagged(image: Image.Image, name: str, fmt: str = "PNG", **options) -> bytes:
     """`image` (sRGB) as a file in the colour space of profile `name`, tagged with it."""
-    icc = profile(name)
-    converted = ImageCms.profileToProfile(image, ImageCms.createProfile("sRGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)), outputMode="RGB")
     buffer = io.BytesIO()
-    converted.save(buffer, fmt, icc_profile=icc, **options)
+    in_space(image, name).save(buffer, fmt, icc_profile=profile(name), **options)
     return buffer.getvalue()
 
 
@@ -142,19 +147,15 @@ def test_an_iphone_like_heic_decodes_from_its_thumbnail_in_srgb():
     assert np.abs(np.asarray(image, np.int16) - expected).mean() < 0.3 * np.abs(raw - expected).mean()
 
 
-def in_p3(image: Image.Image) -> Image.Image:
-    """`image` (sRGB) with its pixels in Display P3, untagged."""
-    p3 = ImageCms.ImageCmsProfile(io.BytesIO(profile("DisplayP3-v4")))
-    converted = ImageCms.profileToProfile(image, ImageCms.createProfile("sRGB"), p3, outputMode="RGB")
-    converted.info.pop("icc_profile")  # LittleCMS tags it: a save would embed the profile
-    return converted
+def nclx(primaries: int, transfer: int = 13) -> dict[str, int]:
+    """Colour code points as pillow-heif writes them (matrix BT.601, full range)."""
+    return {"color_primaries": primaries, "transfer_characteristics": transfer, "matrix_coefficients": 6, "full_range_flag": 1}
 
 
 def coded_heif(image: Image.Image, primaries: int, transfer: int = 13) -> bytes:
     """A HEIF without an ICC profile whose colour box gives code points (nclx), as libheif writes."""
     buffer = io.BytesIO()
-    nclx = {"color_primaries": primaries, "transfer_characteristics": transfer, "matrix_coefficients": 6, "full_range_flag": 1}
-    image.save(buffer, "HEIF", quality=95, save_nclx_profile=True, nclx_profile=nclx)
+    image.save(buffer, "HEIF", quality=95, save_nclx_profile=True, nclx_profile=nclx(primaries, transfer))
     return buffer.getvalue()
 
 
@@ -176,23 +177,19 @@ def test_a_photo_whose_colour_code_points_name_display_p3_reads_in_srgb(coded):
     colour box: primaries 12 is Display P3). Read as sRGB it was duller, as a P3 JPEG had been."""
     original = saturated((128, 96))
     expected = np.asarray(original, dtype=np.int16)
-    data = coded(in_p3(original), 12)
+    data = coded(in_space(original, "DisplayP3-v4"), 12)
     managed, raw = np.abs(pixels(data) - expected).mean(), np.abs(pixels(data, to_srgb=False) - expected).mean()
     assert managed < 0.4 * raw and raw > 4, (managed, raw)
     # sRGB's own code points, and a wide gamut with an HDR tone curve (PQ), leave the pixels as read.
     for primaries, transfer in ((1, 13), (2, 2), (12, 16)):
-        data = coded(in_p3(original), primaries, transfer)
+        data = coded(in_space(original, "DisplayP3-v4"), primaries, transfer)
         assert np.array_equal(pixels(data), pixels(data, to_srgb=False)), (primaries, transfer)
 
 
 def test_an_icc_profile_wins_over_code_points():
-    original = saturated((128, 96))
-    buffer = io.BytesIO()  # Adobe RGB pixels with their profile, and code points that say Display P3
-    nclx = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6, "full_range_flag": 1}
-    adobe = ImageCms.ImageCmsProfile(io.BytesIO(profile("AdobeCompat-v4")))
-    pixels_in_adobe = ImageCms.profileToProfile(original, ImageCms.createProfile("sRGB"), adobe, outputMode="RGB")
-    pixels_in_adobe.save(buffer, "HEIF", quality=95, icc_profile=profile("AdobeCompat-v4"), nclx_profile=nclx)
-    assert np.abs(pixels(buffer.getvalue()) - np.asarray(original, np.int16)).mean() < 2
+    original = saturated((128, 96))  # Adobe RGB pixels with their profile, and code points that say Display P3
+    data = tagged(original, "AdobeCompat-v4", "HEIF", quality=95, nclx_profile=nclx(12))
+    assert np.abs(pixels(data) - np.asarray(original, np.int16)).mean() < 2
 
 
 def test_a_malformed_avif_colour_box_is_no_colour_space():
