@@ -114,11 +114,18 @@ def _srgb_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     return transform if moved.max() > 1 else None  # within a level everywhere: sRGB already
 
 
+def colour_profile(image: Image.Image) -> bytes | None:
+    """The ICC profile of the colour space `image`'s pixels are in: its own (an embedded profile
+    takes precedence, as in every viewer; a plugin's value that is not bytes counts as none), else
+    the one its code points name (`cicp_profile`), else None. Called on an image not yet loaded."""
+    icc = image.info.get("icc_profile")
+    return bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else cicp_profile(image)
+
+
 def cicp_profile(image: Image.Image) -> bytes | None:
     """The ICC profile (bundled) for the colour space a HEIF's or an AVIF's code points name, where
     that is a wide gamut `CICP_PROFILES` converts; None for anything else. Called on an image
-    not yet loaded (an AVIF's colour box is read from its file), and only for one without an ICC
-    profile, which takes precedence (as in every viewer)."""
+    not yet loaded (an AVIF's colour box is read from its file)."""
     codes = _cicp(image)
     if codes is None:
         return None

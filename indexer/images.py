@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from indexer.colour import cicp_profile, convert_to_srgb, to_rgb
+from indexer.colour import colour_profile, convert_to_srgb, to_rgb
 from indexer.errors import InvalidImageError
 
 if TYPE_CHECKING:  # torch loads where tensors are made: `diffsearch --help`, `stats`, `check` need none
@@ -144,7 +144,7 @@ def load_image(
     (`match_aspect`); a phone's 12-megapixel HEIC then decodes and crops in ~40 ms instead of
     ~0.66 s (bench/decode.py --format heic). Other formats decode in full.
     `to_srgb`: a photo tagged with another colour space's ICC profile, or a HEIF or AVIF without
-    one whose colour code points name Display P3 (`cicp_profile`), is converted to sRGB
+    one whose colour code points name Display P3 (`colour_profile`), is converted to sRGB
     (`convert_to_srgb`), reduced first where `min_side` allows.
     The ImageInfo always has the file's own size.
 
@@ -161,9 +161,7 @@ def load_image(
             width, height = image.size
             fmt = image.format or "RAW"
             taken_at = _taken_at(image)
-            icc = image.info.get("icc_profile") if to_srgb else None
-            icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) else None  # a plugin's odd value: none
-            icc = icc or (cicp_profile(image) if to_srgb else None)  # a HEIF's or AVIF's colour code points
+            icc = colour_profile(image) if to_srgb else None  # read before decoding: an AVIF's is in its file
             image.seek(0) if getattr(image, "n_frames", 1) > 1 else None  # first frame of GIF/TIFF/MPO
             if min_side or thumbnail_side:
                 reduced_decode(image, min_side, thumbnail_side)  # the size is now what will be decoded

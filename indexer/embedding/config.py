@@ -137,7 +137,7 @@ class EmbeddingConfig:
     heif_thumbnails: bool = True
     # Convert a photo tagged with another colour space's ICC profile (an iPhone's Display P3, a
     # camera's Adobe RGB, ProPhoto), or a HEIF/AVIF whose colour code points name Display P3
-    # (indexer.colour.cicp_profile), to sRGB before the model sees it (indexer.colour.convert_to_srgb):
+    # (indexer.colour.colour_profile), to sRGB before the model sees it (indexer.colour.convert_to_srgb):
     # read as sRGB, such a copy of a photo sat median 0.059 (P3) to 0.188 (ProPhoto) from the
     # sRGB photo; converted, 0.031 to 0.059 (bench/colour_profiles.py). Configs saved before this
     # setting existed read every photo's pixels as sRGB, and read back so.
