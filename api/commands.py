@@ -117,10 +117,6 @@ class _Answerer:
         s = self.settings
         photo = _read_photo(source, int(s.max_upload_mb * 2**20))
         if photo is None:
-            if not isinstance(source, io.BytesIO) and not Path(source).is_file():
-                from indexer.images import load_image
-
-                load_image(source)  # raises why it cannot be read (missing, a folder), as a search here would
             return None
         try:
             return self.server.query(photo, str(getattr(source, "name", source)), k, max_distance, path_prefix, s.mirror_queries, s.rerank, s.expand)
@@ -144,11 +140,17 @@ class _Answerer:
 
 def _read_photo(source: Path | io.BytesIO, limit: int) -> bytes | None:
     """The photo's bytes to send to a server; None for one over the server's upload limit or a file
-    that cannot be read (the Searcher here then searches it, or names why it cannot)."""
+    that cannot be read now (the Searcher here then searches it, or names why it cannot). What is
+    not a file (missing, a folder) raises InvalidImageError as a search here would."""
     if isinstance(source, io.BytesIO):
         return source.getvalue() if len(source.getvalue()) <= limit else None
+    if not Path(source).is_file():
+        from indexer.images import load_image
+
+        load_image(source)  # raises why it cannot be read, without loading a model
+        return None
     try:
-        return Path(source).read_bytes() if Path(source).is_file() and Path(source).stat().st_size <= limit else None
+        return Path(source).read_bytes() if Path(source).stat().st_size <= limit else None
     except OSError:
         return None
 
