@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from indexer.images import IMAGE_EXTENSIONS, open_regular
+from indexer.images import IMAGE_EXTENSIONS, PHOTO_NAMES, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _add_entry(path: Path, info: os.stat_result, scan: Scan, explicit: bool = Fa
         _reject(path, info, f"not a regular file ({_kind(info.st_mode)})", scan)
         return
     if not is_photo_name(path.name):
-        log.warning("%s: not a photo file name (%s), skipped", path, ", ".join(sorted(IMAGE_EXTENSIONS)))
+        log.warning("%s: not a photo file name (%s), skipped", path, PHOTO_NAMES)
         return
     scan.files.append(PhotoFile(path=path, size=info.st_size, mtime=info.st_mtime))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -18,6 +19,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from indexer.colour import colour_profile, convert_to_srgb, to_rgb
 from indexer.errors import InvalidImageError
+from indexer.exif import taken_at as exif_taken_at
+from indexer.raw import RAW_EXTENSIONS, RAW_FORMAT, NotRawError, RawPhoto, looks_raw, read_raw
 
 if TYPE_CHECKING:  # torch loads where tensors are made: `diffsearch --help`, `stats`, `check` need none
     import torch
@@ -39,10 +42,13 @@ MAX_FILE_BYTES = 512 * 2**20
 # decompression-bomb guard refuses files above ~179 megapixels outright).
 MAX_PIXELS = 64_000_000
 # .jfif: how browsers on Windows save many JPEGs; .hif: Canon's and Sony's HEIF; .avif: AV1 photos
-# (Pillow's own plugin).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif"}
+# (Pillow's own plugin); camera RAW files (`indexer.raw`).
+IMAGE_EXTENSIONS = (
+    frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif"})
+    | RAW_EXTENSIONS
 )
+# The file names read, for messages.
+PHOTO_NAMES = ", ".join(sorted(IMAGE_EXTENSIONS - RAW_EXTENSIONS)) + " and camera RAW files (.dng, .cr2, .cr3, .nef, .arw, ...)"
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,40 @@ class NotARegularFileError(OSError):
     """A path that is a FIFO, socket, device or folder where a file was expected."""
 
 
-def _open(source: ImageInput) -> Image.Image:
+def _open(source: ImageInput, min_side: int = 0) -> Image.Image | RawPhoto:
+    """The image `source` holds, opened (not yet decoded), or the camera RAW file it is (`read_raw`):
+    by its name (`RAW_EXTENSIONS`), or by its content where Pillow does not know it or sees only a
+    RAW's TIFF shell (`looks_raw`). A RAW by name that LibRaw does not know is tried by Pillow."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
         return _from_array(source)
+    data = _read(source)
+    named_raw = isinstance(source, (str, os.PathLike)) and os.path.splitext(source)[1].lower() in RAW_EXTENSIONS
+    if named_raw:
+        try:
+            return read_raw(data, min_side)
+        except NotRawError as exc:
+            why = exc  # a JPEG saved under a RAW's name still reads, below
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if named_raw:
+            raise
+        try:
+            return read_raw(data, min_side)
+        except NotRawError:
+            raise UnidentifiedImageError from None
+    if looks_raw(image):  # not Pillow's: it would read only a tiny preview, or nothing
+        if named_raw:
+            raise ValueError(f"unreadable camera RAW file: {why}")
+        with contextlib.suppress(NotRawError):  # a plain TIFF with sub-images: Pillow's
+            return read_raw(data, min_side)
+    return image
+
+
+def _read(source: str | os.PathLike | bytes | IO[bytes]) -> bytes:
+    """All of `source`'s bytes: a regular file's, or a stream's, at most MAX_FILE_BYTES."""
     if isinstance(source, (str, os.PathLike)):
         with open_regular(source) as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -113,21 +148,13 @@ def _open(source: ImageInput) -> Image.Image:
                 raise ValueError("empty file (0 bytes)")
             if size > MAX_FILE_BYTES:
                 raise ValueError(f"file too large: {size:,} bytes (limit {MAX_FILE_BYTES:,})")
-            return Image.open(io.BytesIO(fh.read(size)))
-    if isinstance(source, bytes):
-        if not source:
-            raise ValueError("empty input (0 bytes)")
-        return Image.open(io.BytesIO(source))
-    return Image.open(source)
-
-
-def _taken_at(image: Image.Image) -> datetime | None:
-    try:
-        exif = image.getexif()
-        raw = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime)
-        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S") if raw else None
-    except (ValueError, KeyError, TypeError, OSError):
-        return None
+            return fh.read(size)
+    data = source if isinstance(source, bytes) else source.read(MAX_FILE_BYTES + 1)
+    if not data:
+        raise ValueError("empty input (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"input too large: over {MAX_FILE_BYTES:,} bytes")
+    return data
 
 
 def load_image(
@@ -146,7 +173,9 @@ def load_image(
     `to_srgb`: a photo tagged with another colour space's ICC profile, or a HEIF or AVIF without
     one whose colour code points name Display P3 (`colour_profile`), is converted to sRGB
     (`convert_to_srgb`), reduced first where `min_side` allows.
-    The ImageInfo always has the file's own size.
+    A camera RAW file (`indexer.raw.read_raw`) is read from its embedded preview where that has
+    `min_side` (with 0: half the sensor's shorter side), else demosaiced at half size.
+    The ImageInfo always has the file's own size (a RAW's: its sensor image's, upright).
 
     Raises InvalidImageError (naming the source and the reason) for anything that is not a
     readable image: missing, empty, truncated, corrupt, too large, wrong type.
@@ -157,10 +186,12 @@ def load_image(
             # Pillow warns above ~89 megapixels and refuses above ~179; what is decoded is checked
             # below, against a lower limit: a panorama whose JPEG decodes reduced may pass it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = _open(source)
-            width, height = image.size
-            fmt = image.format or "RAW"
-            taken_at = _taken_at(image)
+            opened = _open(source, min_side)
+            raw = opened if isinstance(opened, RawPhoto) else None
+            image = raw.image if raw else opened
+            width, height = (raw.width, raw.height) if raw else image.size
+            fmt = RAW_FORMAT if raw else image.format or "PIXELS"  # PIXELS: an array or image in memory
+            taken_at = raw.taken_at if raw else exif_taken_at(image)
             icc = colour_profile(image) if to_srgb else None  # read before decoding: an AVIF's is in its file
             image.seek(0) if getattr(image, "n_frames", 1) > 1 else None  # first frame of GIF/TIFF/MPO
             if min_side or thumbnail_side:
@@ -171,9 +202,11 @@ def load_image(
             image.load()
             if image.format == "HEIF" and image.size != (width, height):
                 image = match_aspect(image, width, height)  # decoded from an embedded thumbnail
-            if _swaps_sides(image):
+            if not raw and _swaps_sides(image):
                 width, height = height, width
             image = ImageOps.exif_transpose(image) or image
+            if raw and raw.turn is not None:
+                image = image.transpose(raw.turn)
             if icc:
                 image = convert_to_srgb(image, icc, min_side)
             if image.mode != "RGB":

@@ -36,6 +36,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from indexer.raw import RAW_FORMAT
 from indexer.storage import VectorIndex
 from indexer.storage.rows import Photo, PhotoLatent
 from searcher.dedup_rule import ALSO_BY_VECTORS, DedupRule, default_rule, duplicate_groups
@@ -129,13 +130,14 @@ def rows_with_prefix(searcher: Searcher, ids: npt.NDArray[np.int64], path_prefix
     return np.isin(ids, matching)
 
 
-def keep_order(photo: Photo) -> tuple[int, float, int, int]:
+def keep_order(photo: Photo) -> tuple[int, bool, float, int, int]:
     """Sort key of a group's copies, the one to keep first: the most pixels (resized copies and
-    crops lose), then the oldest file (a copy is made after its original; a PNG saved from a JPEG
-    is larger without being better, so age comes before size), then the largest file (copies that
-    kept the original's time: a heavier re-encode, a grayscale or blurred copy compress smaller),
-    then the first indexed."""
-    return (-photo.width * photo.height, photo.mtime, -photo.size, photo.id)
+    crops lose), then a camera RAW file (its JPEG twin, written the same second, and every export
+    are rendered from it), then the oldest file (a copy is made after its original; a PNG saved
+    from a JPEG is larger without being better, so age comes before size), then the largest file
+    (copies that kept the original's time: a heavier re-encode, a grayscale or blurred copy
+    compress smaller), then the first indexed."""
+    return (-photo.width * photo.height, photo.format != RAW_FORMAT, photo.mtime, -photo.size, photo.id)
 
 
 def nearest_neighbours(  # noqa: ANN201 - a vector getter and two arrays

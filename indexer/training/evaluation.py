@@ -27,7 +27,7 @@ from tqdm import tqdm
 from indexer.embedding.config import EmbeddingConfig, RuntimeOptions
 from indexer.embedding.embedder import Embedder, normalise
 from indexer.errors import ConfigError, InvalidImageError
-from indexer.images import IMAGE_EXTENSIONS, MAX_TRIMS, Decode, crop_for_embedding, load_image, to_tensor
+from indexer.images import MAX_TRIMS, PHOTO_NAMES, Decode, crop_for_embedding, load_image, to_tensor
 from indexer.embedding.model import DiffusionModel
 from indexer.embedding.projection import fit_projection
 from indexer.training.train import TrainConfig, build_unet
@@ -68,7 +68,7 @@ class LabelledSet:
         base = Path(root).expanduser().absolute()
         paths = [p.path for p in walk_photos([base], follow_symlinks=True) if p.path.relative_to(base).parts[0] not in skip]
         if not paths:
-            raise ConfigError(f"no photos under {base}: expected one folder per class holding photos ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise ConfigError(f"no photos under {base}: expected one folder per class holding photos ({PHOTO_NAMES})")
         return cls._build(paths, [p.relative_to(base).parts[0] for p in paths])
 
     @classmethod

@@ -246,6 +246,42 @@ def test_an_uploaded_photo_is_drawn_as_a_jpeg_for_the_page(client, sample_photos
     assert client.post("/images/preview", files={"file": ("q.jpg", sample_photos[2].read_bytes(), "image/jpeg")}, params={"size": 5}).status_code == 422
 
 
+def test_a_camera_raw_upload_is_searched_drawn_and_refused_when_cut(client, sample_photos):
+    """A DNG uploaded as a query (an upload has no name to go by: its content says RAW) finds the
+    photo it shows; the page gets it drawn as a JPEG; one cut short is a 400 that says so."""
+    import io
+    import math
+
+    from PIL import Image
+
+    from tests.indexer.raw_files import dng, jpeg
+
+    small = Image.open(sample_photos[4]).convert("RGB")
+    scale = math.ceil(400 / min(small.size))  # a preview large enough for the model's decode (384)
+    scene = small.resize((small.width * scale, small.height * scale), Image.Resampling.BICUBIC)
+    data = dng(scene, preview=jpeg(scene))
+    found = upload(client, data, name="IMG_0001.DNG", k=3)
+    assert found.status_code == 200 and found.json()["data"][0]["path"] == str(sample_photos[4])
+    reply = client.post("/images/preview", files={"file": ("IMG_0001.DNG", data, "image/x-adobe-dng")}, params={"size": 64})
+    assert reply.status_code == 200 and reply.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(reply.content)).size) == 64
+    cut = upload(client, data[: len(data) // 2], name="cut.dng")
+    assert cut.status_code == 400 and "unreadable camera RAW" in cut.json()["detail"]
+
+
+def test_the_page_opens_what_browsers_cannot_show_as_the_servers_jpeg():
+    """The page's list of formats it asks the server to draw names every RAW the indexer reads."""
+    import re
+
+    from indexer.raw import RAW_EXTENSIONS
+
+    page = (ROOT / "api" / "static" / "index.html").read_text()
+    drawn = re.compile(re.search(r"drawn = /(.+?)/i\.test", page).group(1), re.IGNORECASE)
+    for suffix in RAW_EXTENSIONS | {".heic", ".heif", ".hif", ".tif", ".tiff"}:
+        assert drawn.search(f"photo{suffix.upper()}"), suffix
+    assert not drawn.search("photo.jpg") and not drawn.search("photo.png")
+
+
 def test_a_wide_gamut_photo_is_drawn_in_srgb(client):
     """The server's JPEGs carry no colour profile, so a browser shows them as sRGB: a Display P3
     photo (an iPhone's) is converted, not drawn duller than it is."""

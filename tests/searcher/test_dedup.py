@@ -66,11 +66,11 @@ def test_a_verifying_rule_links_by_verified_distance_and_adds_the_vectors_only_l
     assert duplicate_groups(neighbours, distances, DedupRule(threshold=0.2, gap=0), (neighbours, distances + 1, also)) == [[0, 1]]
 
 
-def test_the_copy_to_keep_has_the_most_pixels_then_the_oldest_file_then_the_largest():
+def test_the_copy_to_keep_has_the_most_pixels_then_is_raw_then_the_oldest_file_then_the_largest():
     from indexer.storage.rows import Photo
 
-    def photo(id, width, height, mtime, size):
-        return Photo(id=id, path=f"/p/{id}.jpg", content_hash="", size=size, mtime=mtime, width=width, height=height, format="JPEG")
+    def photo(id, width, height, mtime, size, format="JPEG"):
+        return Photo(id=id, path=f"/p/{id}.jpg", content_hash="", size=size, mtime=mtime, width=width, height=height, format=format)
 
     original = photo(5, 4000, 3000, mtime=100.0, size=3_000_000)
     copies = [
@@ -80,6 +80,10 @@ def test_the_copy_to_keep_has_the_most_pixels_then_the_oldest_file_then_the_larg
         photo(4, 4000, 3000, mtime=100.0, size=3_000_000),  # a byte-identical copy indexed first
     ]
     assert [p.id for p in sorted([*copies, original], key=keep_order)] == [4, 5, 3, 2, 1]
+    # A RAW and the JPEG its camera wrote beside it (same pixels, the JPEG a moment older): the RAW.
+    twins = [photo(6, 4000, 3000, mtime=99.5, size=5_000_000), photo(7, 4000, 3000, mtime=100.0, size=25_000_000, format="RAW")]
+    assert [p.id for p in sorted(twins, key=keep_order)] == [7, 6]
+    assert [p.id for p in sorted([*twins, photo(8, 4000, 3001, mtime=200.0, size=1)], key=keep_order)] == [8, 7, 6]
 
 
 def test_heavily_edited_copies_are_found_where_the_old_threshold_missed_them(tmp_path, embedder, sample_photos, caplog):
