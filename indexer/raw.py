@@ -64,7 +64,6 @@ class RawPhoto:
     width: int
     height: int
     taken_at: datetime | None
-    from_preview: bool
 
 
 def looks_raw(image: Image.Image) -> bool:
@@ -103,12 +102,12 @@ def read_raw(data: bytes, min_side: int = 0) -> RawPhoto:
             preview = _preview(raw, need)
             if preview is not None:
                 turn = None if _own_orientation(preview) else _TURNS.get(sizes.flip)
-                return RawPhoto(preview, turn, width, height, exif_taken_at(preview) or _shell_time(data), True)
+                return RawPhoto(preview, turn, width, height, exif_taken_at(preview) or _shell_time(data))
             pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, gamma=(2.4, 12.92))
             when = _shell_time(data) or _libraw_time(raw)  # LibRaw's, once its unpack is done anyway
     except (rawpy.LibRawError, rawpy.NotSupportedError) as exc:
         raise ValueError(f"unreadable camera RAW file: {_reason(exc)}") from None
-    return RawPhoto(Image.fromarray(np.ascontiguousarray(pixels), "RGB"), None, width, height, when, False)
+    return RawPhoto(Image.fromarray(np.ascontiguousarray(pixels), "RGB"), None, width, height, when)
 
 
 def _reason(exc: Exception) -> str:
@@ -124,7 +123,8 @@ def _rawpy():  # noqa: ANN202 - the module
     An OpenMP thread pool does not survive fork: a decode worker forked from a process that had
     demosaiced a RAW hung in its own first demosaic (seen in the tests' process; a server that had
     searched a RAW upload, then indexed, would too). libgomp reads OMP_NUM_THREADS once, as it
-    loads with rawpy. Indexing decodes one photo per worker process anyway."""
+    loads with rawpy (a rawpy imported before this, by other code, keeps its threads). Indexing
+    decodes one photo per worker process anyway."""
     if "rawpy" in sys.modules:
         return sys.modules["rawpy"]
     previous = os.environ.get("OMP_NUM_THREADS")

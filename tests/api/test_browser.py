@@ -167,6 +167,7 @@ def test_a_heic_upload_is_searched_and_shown_as_the_server_draws_it(driver, serv
 
 
 def test_a_folder_narrows_the_search_and_changing_it_searches_again(driver, server_url, sample_photos):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -190,7 +191,10 @@ def test_a_folder_narrows_the_search_and_changing_it_searches_again(driver, serv
     folder.send_keys(Keys.CONTROL, "a")
     # Every folder again (the box was never left, so only Enter says so): the same photo searches again.
     folder.send_keys(Keys.BACKSPACE, Keys.ENTER)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query))
+    # (The results may be replaced between finding the first and reading its title: look again then.)
+    WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".hit")[0].get_attribute("title") == str(query)
+    )
     assert "in /" not in driver.find_element(By.ID, "status").text
 
 
