@@ -119,6 +119,9 @@ def test_a_folder_of_raw_files_indexes_and_finds_the_photo_they_show(tmp_path, e
     photos = tmp_path / "photos"
     photos.mkdir()
     data = dng(photo(), preview=jpeg(photo()))
+    # A demosaic in this process first: decode workers forked after it once hung in their own
+    # (LibRaw's OpenMP pool does not survive fork; `indexer.raw._rawpy` holds it to one thread).
+    assert load_image(dng(photo()))[0].size == (384, 256)
     (photos / "IMG_0001.DNG").write_bytes(data)
     (photos / "IMG_0002.dng").write_bytes(dng(photo(), orientation=6))  # no usable preview: the sensor
     (photos / "IMG_0003.NEF").write_bytes(data[: len(data) // 2])  # cut short
