@@ -15,10 +15,11 @@ from typing import IO, TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from indexer.colour import colour_profile, convert_to_srgb, to_rgb
 from indexer.errors import InvalidImageError
+from indexer.exif import orientation as exif_orientation
 from indexer.exif import taken_at as exif_taken_at
 from indexer.raw import RAW_EXTENSIONS, RAW_FORMAT, NotRawError, RawPhoto, looks_raw, read_raw
 
@@ -262,10 +263,7 @@ def match_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
 
 def _swaps_sides(image: Image.Image) -> bool:
     """Will `ImageOps.exif_transpose` turn the image a quarter turn (EXIF orientations 5-8)?"""
-    try:
-        return image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
-    except (ValueError, TypeError, OSError):
-        return False
+    return exif_orientation(image) in (5, 6, 7, 8)
 
 
 def trim_border(image: Image.Image, tolerance: float = 6.0, max_fraction: float = 0.35) -> Image.Image:

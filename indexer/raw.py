@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from PIL import ExifTags, Image
+from PIL import Image
 
+from indexer.exif import orientation as exif_orientation
 from indexer.exif import taken_at as exif_taken_at
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def read_raw(data: bytes, min_side: int = 0) -> RawPhoto:
             need = min_side or min(width, height) // 2
             preview = _preview(raw, need)
             if preview is not None:
-                turn = None if _own_orientation(preview) else _TURNS.get(sizes.flip)
+                turn = None if exif_orientation(preview) != 1 else _TURNS.get(sizes.flip)
                 return RawPhoto(preview, turn, width, height, exif_taken_at(preview) or _shell_time(data))
             pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, gamma=(2.4, 12.92))
             when = _shell_time(data) or _libraw_time(raw)  # LibRaw's, once its unpack is done anyway
@@ -142,7 +143,6 @@ def _rawpy():  # noqa: ANN202 - the module
 def _preview(raw: object, need: int) -> Image.Image | None:
     """The RAW's largest embedded preview, where its shorter side is at least `need` pixels."""
     rawpy = _rawpy()
-
     try:
         thumb = raw.extract_thumb()  # type: ignore[attr-defined]
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
@@ -160,13 +160,6 @@ def _preview(raw: object, need: int) -> Image.Image | None:
     except (OSError, ValueError, SyntaxError):
         return None
     return image if min(image.size) >= need else None
-
-
-def _own_orientation(image: Image.Image) -> bool:
-    try:
-        return image.getexif().get(ExifTags.Base.Orientation, 1) != 1
-    except (ValueError, TypeError, OSError):
-        return False
 
 
 def _shell_time(data: bytes) -> datetime | None:
